@@ -1,0 +1,1 @@
+"""What every service shares: server bootstrap, configuration, logs, metrics, channels."""
