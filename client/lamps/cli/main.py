@@ -1,0 +1,136 @@
+"""`lamps`: run a service, and (as they land) the local system, the client and the benchmarks.
+
+lamps scheduler serve --port 50051
+lamps worker serve
+lamps predictor serve
+lamps tool-runner serve
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+from lamps.common import config as cfg
+
+
+@dataclass(frozen=True)
+class ServiceCommand:
+    """`lamps <name> serve`: where its configuration class and entry function live."""
+
+    name: str
+    help: str
+    config: str  # "module:Class"
+    main: str  # "module:function"
+
+
+SERVICES = (
+    ServiceCommand(
+        "scheduler",
+        "the front door: ranked queue, request lifecycle, worker gateway",
+        "lamps.scheduler.config:SchedulerConfig",
+        "lamps.scheduler.server:main",
+    ),
+    ServiceCommand(
+        "worker",
+        "an inference engine connected to the scheduler",
+        "lamps.worker.config:WorkerConfig",
+        "lamps.worker.server:main",
+    ),
+    ServiceCommand(
+        "predictor",
+        "predicts output length, tool and call duration",
+        "lamps.predictor.config:PredictorConfig",
+        "lamps.predictor.server:main",
+    ),
+    ServiceCommand(
+        "tool-runner",
+        "runs tool calls from a registry of safe tools",
+        "lamps.tool_runner.config:ToolRunnerConfig",
+        "lamps.tool_runner.server:main",
+    ),
+)
+
+# Commands announced in --help whose implementation has not landed in this release.
+PLANNED = {
+    "up": "start the whole system on this machine",
+    "generate": "stream a generation from a running system",
+    "status": "show workers, KV usage and the queue",
+    "bench": "replay a trace against a running system",
+    "simulate": "compare policies on a trace in virtual time",
+    "models": "prepare model weights (for example SmolLM2-135M for a CPU worker)",
+}
+PLANNED_SERVICE_COMMANDS = {"predictor": {"train": "train the predictor's heads on a trace"}}
+
+
+def _load(ref: str) -> Any:
+    module, _, attr = ref.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def _package_version() -> str:
+    try:
+        return version("lamps-serving")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _not_yet(name: str) -> Callable[[argparse.Namespace], int]:
+    def run(_: argparse.Namespace) -> int:
+        print(f"lamps {name}: not available in this release yet", file=sys.stderr)
+        return 2
+
+    return run
+
+
+def _serve(command: ServiceCommand) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        try:
+            config = cfg.load(_load(command.config), args)
+        except cfg.ConfigError as exc:
+            args.parser.error(str(exc))
+        status: int = _load(command.main)(config)
+        return status
+
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lamps",
+        description="LAMPS serving: tool-augmented LLM requests scheduled by memory x time.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_package_version()}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for command in SERVICES:
+        group = commands.add_parser(command.name, help=f"the {command.name} service")
+        actions = group.add_subparsers(dest="action", metavar="ACTION", required=True)
+        serve = actions.add_parser(
+            "serve",
+            help=f"run the {command.name}: {command.help}",
+            description=f"Run the {command.name}: {command.help}.",
+        )
+        cfg.add_arguments(serve, _load(command.config))
+        serve.set_defaults(run=_serve(command), parser=serve)
+        for action, text in PLANNED_SERVICE_COMMANDS.get(command.name, {}).items():
+            planned = actions.add_parser(action, help=f"{text} [not yet available]")
+            planned.set_defaults(run=_not_yet(f"{command.name} {action}"))
+    for name, text in PLANNED.items():
+        planned = commands.add_parser(name, help=f"{text} [not yet available]")
+        planned.set_defaults(run=_not_yet(name))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    status: int = args.run(args)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The Python SDK for the Scheduler service (sync and async)."""

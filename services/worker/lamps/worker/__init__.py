@@ -1,0 +1,2 @@
+"""The worker: an inference engine (`sim` or `vllm`) and the agent that connects it to the
+scheduler's WorkerGateway (DESIGN.md section 7)."""
