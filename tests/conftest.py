@@ -1,0 +1,64 @@
+"""Shared fixtures: services started as real processes on loopback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from tests.support.processes import (
+    REPO_ROOT,
+    ServiceProcess,
+    StartService,
+    lamps_command,
+    loopback_serve_args,
+)
+
+
+@pytest.fixture
+def start_process(tmp_path: Path) -> Iterator[StartService]:
+    """Start any command that logs a JSON "serving" record; stopped with SIGTERM at teardown."""
+    started: list[ServiceProcess] = []
+
+    def start(
+        argv: Sequence[str], env: dict[str, str] | None = None, wait: bool = True
+    ) -> ServiceProcess:
+        log_path = tmp_path / f"process-{len(started)}.log"
+        child_env = {k: v for k, v in os.environ.items() if not k.startswith("LAMPS_")}
+        child_env.update(env or {})
+        with log_path.open("wb") as log_file:
+            proc = subprocess.Popen(
+                list(argv), stdout=log_file, stderr=subprocess.STDOUT, env=child_env, cwd=REPO_ROOT
+            )
+        service = ServiceProcess(proc=proc, log_path=log_path)
+        started.append(service)
+        if wait:
+            service.wait_ready()
+        return service
+
+    yield start
+    unclean = []
+    for service in started:
+        if service.proc.poll() is None:
+            status = service.terminate()
+            if status != 0:
+                unclean.append(
+                    f"{service.proc.args!r}: exit {status}\n{service.log_path.read_text()}"
+                )
+    assert not unclean, "services did not exit 0 on SIGTERM:\n" + "\n".join(unclean)
+
+
+@pytest.fixture
+def start_service(start_process: StartService) -> StartService:
+    """Start `lamps <service> serve` on loopback with free ports: `start_service(["scheduler"])`."""
+
+    def start(
+        argv: Sequence[str], env: dict[str, str] | None = None, wait: bool = True
+    ) -> ServiceProcess:
+        service, *extra = argv
+        return start_process(lamps_command(*loopback_serve_args(service), *extra), env, wait)
+
+    return start
