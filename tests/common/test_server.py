@@ -149,12 +149,20 @@ async def test_bearer_tokens_guard_each_service(start_service: StartService) -> 
     assert "UNAUTHENTICATED" in scrape(service)
 
 
-async def test_open_channel_sends_the_token(start_service: StartService) -> None:
-    service = start_service(["tool-runner"], env={"LAMPS_AUTH_TOKENS": "t0k3n"})
-    async with open_channel(service.target, token="t0k3n") as channel:
-        with pytest.raises(aio.AioRpcError) as caught:
-            await call_first_rpc("tool-runner", channel)
-    assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+@pytest.mark.parametrize("name", ["predictor", "tool-runner"])
+async def test_internal_services_take_the_token_open_channel_sends(
+    name: str, start_service: StartService
+) -> None:
+    service = start_service([name], env={"LAMPS_AUTH_TOKENS": "t0k3n"})
+    for token, expected in [
+        (None, grpc.StatusCode.UNAUTHENTICATED),
+        ("t0k3n-", grpc.StatusCode.UNAUTHENTICATED),
+        ("t0k3n", grpc.StatusCode.UNIMPLEMENTED),
+    ]:
+        async with open_channel(service.target, token=token) as channel:
+            with pytest.raises(aio.AioRpcError) as caught:
+                await call_first_rpc(name, channel)
+        assert caught.value.code() == expected, token
 
 
 async def test_request_id_is_echoed_and_logged(start_service: StartService) -> None:
