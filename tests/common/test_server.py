@@ -95,6 +95,9 @@ async def test_service_serves_health_reflection_and_metrics(
     metrics = scrape(service)
     assert 'grpc_server_handled_total{grpc_code="OK",grpc_method="Check"' in metrics
     assert "process_cpu_seconds_total" in metrics
+    build_info = [line for line in metrics.splitlines() if line.startswith("lamps_build_info{")]
+    assert len(build_info) == 1
+    assert f'service="{name}"' in build_info[0]
     assert service.terminate() == 0
     messages = [r["msg"] for r in service.records()]
     assert messages[-2:] == ["draining", "stopped"]
@@ -220,6 +223,21 @@ async def test_calls_past_the_grace_period_are_cancelled_and_the_process_still_e
             await in_flight
     assert caught.value.code() in {grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE}
     assert await asyncio.to_thread(service.proc.wait, 30) == 0
+
+
+async def test_a_second_signal_cuts_the_drain_short(start_process: StartService) -> None:
+    service = start_process(slow_server_args("--grace-seconds", "600"))
+    async with aio.insecure_channel(service.target) as channel:
+        in_flight = asyncio.ensure_future(sleep_method(channel)(b"600"))
+        await asyncio.sleep(0.5)
+        service.proc.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.5)
+        service.proc.send_signal(signal.SIGINT)
+        with pytest.raises(aio.AioRpcError):
+            await in_flight
+    # Well inside the 600 s grace: the second signal ended the wait.
+    assert await asyncio.to_thread(service.proc.wait, 30) == 0
+    assert any("second signal" in r["msg"] for r in service.records())
 
 
 async def test_tls_serves_only_tls(start_service: StartService, tmp_path: Path) -> None:

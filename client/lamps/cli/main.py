@@ -13,10 +13,10 @@ import importlib
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from lamps.common import config as cfg
+from lamps.common.version import package_version
 
 
 @dataclass(frozen=True)
@@ -73,13 +73,6 @@ def _load(ref: str) -> Any:
     return getattr(importlib.import_module(module), attr)
 
 
-def _package_version() -> str:
-    try:
-        return version("lamps-serving")
-    except PackageNotFoundError:
-        return "unknown"
-
-
 def _not_yet(name: str) -> Callable[[argparse.Namespace], int]:
     def run(_: argparse.Namespace) -> int:
         print(f"lamps {name}: not available in this release yet", file=sys.stderr)
@@ -105,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="lamps",
         description="LAMPS serving: tool-augmented LLM requests scheduled by memory x time.",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_package_version()}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for command in SERVICES:
         group = commands.add_parser(command.name, help=f"the {command.name} service")

@@ -9,7 +9,9 @@ from dataclasses import dataclass
 from wsgiref.simple_server import WSGIServer
 
 import prometheus_client
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Histogram, Info
+
+BUILD_INFO = Info("lamps_build", "Which lamps-serving service and version this process runs.")
 
 GRPC_STARTED = Counter(
     "grpc_server_started_total",

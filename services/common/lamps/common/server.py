@@ -9,10 +9,8 @@ flight get `grace_seconds` to finish, then the service's resources close and the
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
-import sys
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from dataclasses import dataclass
@@ -29,7 +27,8 @@ from lamps.common import config as cfg
 from lamps.common.channel import CHANNEL_OPTIONS
 from lamps.common.interceptors import AuthInterceptor, ObservabilityInterceptor
 from lamps.common.logs import configure_logging
-from lamps.common.metrics import MetricsEndpoint, start_metrics_endpoint
+from lamps.common.metrics import BUILD_INFO, MetricsEndpoint, start_metrics_endpoint
+from lamps.common.version import package_version
 
 log = logging.getLogger("lamps.server")
 
@@ -90,6 +89,7 @@ class Server:
         self._resources = AsyncExitStack()
         self._server: aio.Server | None = None
         self._metrics: MetricsEndpoint | None = None
+        self._abandon: asyncio.Future[None] | None = None
         self.port = 0
         self.metrics_port = 0
 
@@ -170,7 +170,10 @@ class Server:
         log.info("stopped")
 
     async def run_until_signal(self) -> None:
-        """Start, serve until SIGTERM or SIGINT, then stop gracefully."""
+        """Start, serve until SIGTERM or SIGINT, then stop gracefully.
+
+        A second signal during the drain cancels the calls still in flight at once.
+        """
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -178,7 +181,14 @@ class Server:
         await self.start()
         await stop.wait()
         log.info("signal received, shutting down")
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._cut_drain_short)
         await self.stop()
+
+    def _cut_drain_short(self) -> None:
+        if self._server is not None:
+            log.warning("second signal: cancelling the calls still in flight")
+            self._abandon = asyncio.ensure_future(self._server.stop(0))
 
 
 def _server_credentials(config: cfg.ServerConfig) -> grpc.ServerCredentials:
@@ -221,6 +231,7 @@ def serve(
 ) -> int:
     """Configure logging, run the server until a signal, and return the process exit status."""
     configure_logging(name, config.log_level, config.log_format)
+    BUILD_INFO.info({"service": name, "version": package_version()})
     log.info("starting", extra={"config": cfg.redacted(config)})
     server = Server(config, services, lifespan=lifespan)
     try:
@@ -228,10 +239,4 @@ def serve(
     except ServerStartError as exc:
         log.error("cannot start: %s", exc)
         return 1
-    except KeyboardInterrupt:
-        # A second Ctrl-C during the drain: stop at once.
-        return 130
-    finally:
-        with contextlib.suppress(Exception):
-            sys.stderr.flush()
     return 0
