@@ -25,21 +25,21 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15lamps/v1/common.proto\x12\x08lamps.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"d\n\x0eSamplingParams\x12\x12\n\nmax_tokens\x18\x01 \x01(\r\x12\x13\n\x0btemperature\x18\x02 \x01(\x02\x12\r\n\x05top_p\x18\x03 \x01(\x02\x12\x0c\n\x04seed\x18\x04 \x01(\x04\x12\x0c\n\x04stop\x18\x05 \x03(\t\"A\n\x08ToolCall\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x16\n\x0e\x61rguments_json\x18\x03 \x01(\t\"C\n\tToolError\x12%\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x17.lamps.v1.ToolErrorCode\x12\x0f\n\x07message\x18\x02 \x01(\t\"k\n\nToolResult\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x0e\n\x06output\x18\x02 \x01(\t\x12\x18\n\x10\x64uration_seconds\x18\x03 \x01(\x01\x12\"\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x13.lamps.v1.ToolError\"o\n\rReplaySegment\x12\x15\n\routput_tokens\x18\x01 \x01(\r\x12\x0c\n\x04tool\x18\x02 \x01(\t\x12\x1d\n\x15tool_duration_seconds\x18\x03 \x01(\x01\x12\x1a\n\x12tool_output_tokens\x18\x04 \x01(\r\"3\n\x06Replay\x12)\n\x08segments\x18\x01 \x03(\x0b\x32\x17.lamps.v1.ReplaySegment\"\xb0\x01\n\nPrediction\x12\x17\n\x0fpre_call_tokens\x18\x01 \x01(\r\x12\x14\n\x0cpre_call_bin\x18\x02 \x01(\r\x12\x0c\n\x04tool\x18\x03 \x01(\t\x12\x18\n\x10tool_probability\x18\x04 \x01(\x02\x12\x1d\n\x15\x63\x61ll_duration_seconds\x18\x05 \x01(\x01\x12\x18\n\x10post_call_tokens\x18\x06 \x01(\r\x12\x12\n\nfrom_model\x18\x07 \x01(\x08\"\x84\x01\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x1a\n\x12tool_output_tokens\x18\x03 \x01(\r\x12\x19\n\x11recomputed_tokens\x18\x04 \x01(\r\x12\x12\n\ntool_calls\x18\x05 \x01(\r\"\x94\x01\n\x07Timings\x12\x15\n\rqueue_seconds\x18\x01 \x01(\x01\x12\x14\n\x0cttft_seconds\x18\x02 \x01(\x01\x12\x14\n\x0ctool_seconds\x18\x03 \x01(\x01\x12\x19\n\x11recompute_seconds\x18\x04 \x01(\x01\x12\x14\n\x0cswap_seconds\x18\x05 \x01(\x01\x12\x15\n\rtotal_seconds\x18\x06 \x01(\x01\"{\n\x07KvUsage\x12\x12\n\nblock_size\x18\x01 \x01(\r\x12\x14\n\x0ctotal_blocks\x18\x02 \x01(\x04\x12\x13\n\x0b\x66ree_blocks\x18\x03 \x01(\x04\x12\x18\n\x10\x63pu_total_blocks\x18\x04 \x01(\x04\x12\x17\n\x0f\x63pu_free_blocks\x18\x05 \x01(\x04\"-\n\nTokenDelta\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\"n\n\x08\x41\x63\x63\x65pted\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12(\n\nprediction\x18\x02 \x01(\x0b\x32\x14.lamps.v1.Prediction\x12$\n\x08strategy\x18\x03 \x01(\x0e\x32\x12.lamps.v1.Strategy\"n\n\x0cStateChanged\x12%\n\x05state\x18\x01 \x01(\x0e\x32\x16.lamps.v1.RequestState\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12$\n\x08strategy\x18\x03 \x01(\x0e\x32\x12.lamps.v1.Strategy\"Y\n\x0fToolCallStarted\x12 \n\x04\x63\x61ll\x18\x01 \x01(\x0b\x32\x12.lamps.v1.ToolCall\x12$\n\x08strategy\x18\x02 \x01(\x0e\x32\x12.lamps.v1.Strategy\"8\n\x10ToolCallFinished\x12$\n\x06result\x18\x01 \x01(\x0b\x32\x14.lamps.v1.ToolResult\"\xb4\x01\n\x08\x46inished\x12%\n\x05state\x18\x01 \x01(\x0e\x32\x16.lamps.v1.RequestState\x12&\n\x06reason\x18\x02 \x01(\x0e\x32\x16.lamps.v1.FinishReason\x12\x1e\n\x05usage\x18\x03 \x01(\x0b\x32\x0f.lamps.v1.Usage\x12\"\n\x07timings\x18\x04 \x01(\x0b\x32\x11.lamps.v1.Timings\x12\x15\n\rerror_message\x18\x05 \x01(\t\"\xff\x02\n\x0cRequestEvent\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x08\x61\x63\x63\x65pted\x18\x04 \x01(\x0b\x32\x12.lamps.v1.AcceptedH\x00\x12/\n\rstate_changed\x18\x05 \x01(\x0b\x32\x16.lamps.v1.StateChangedH\x00\x12&\n\x06tokens\x18\x06 \x01(\x0b\x32\x14.lamps.v1.TokenDeltaH\x00\x12\x36\n\x11tool_call_started\x18\x07 \x01(\x0b\x32\x19.lamps.v1.ToolCallStartedH\x00\x12\x38\n\x12tool_call_finished\x18\x08 \x01(\x0b\x32\x1a.lamps.v1.ToolCallFinishedH\x00\x12&\n\x08\x66inished\x18\t \x01(\x0b\x32\x12.lamps.v1.FinishedH\x00\x42\x06\n\x04kind*d\n\x08Strategy\x12\x18\n\x14STRATEGY_UNSPECIFIED\x10\x00\x12\x15\n\x11STRATEGY_PRESERVE\x10\x01\x12\x14\n\x10STRATEGY_DISCARD\x10\x02\x12\x11\n\rSTRATEGY_SWAP\x10\x03*\xd0\x01\n\x0cRequestState\x12\x1d\n\x19REQUEST_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14REQUEST_STATE_QUEUED\x10\x01\x12\x19\n\x15REQUEST_STATE_RUNNING\x10\x02\x12\x19\n\x15REQUEST_STATE_IN_TOOL\x10\x03\x12\x1a\n\x16REQUEST_STATE_FINISHED\x10\x04\x12\x18\n\x14REQUEST_STATE_FAILED\x10\x05\x12\x1b\n\x17REQUEST_STATE_CANCELLED\x10\x06*\x95\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x03\x12\x17\n\x13\x46INISH_REASON_ERROR\x10\x04*\xf2\x01\n\rToolErrorCode\x12\x1f\n\x1bTOOL_ERROR_CODE_UNSPECIFIED\x10\x00\x12 \n\x1cTOOL_ERROR_CODE_UNKNOWN_TOOL\x10\x01\x12%\n!TOOL_ERROR_CODE_INVALID_ARGUMENTS\x10\x02\x12\x1b\n\x17TOOL_ERROR_CODE_TIMEOUT\x10\x03\x12\x1f\n\x1bTOOL_ERROR_CODE_TOOL_FAILED\x10\x04\x12\x18\n\x14TOOL_ERROR_CODE_BUSY\x10\x05\x12\x1f\n\x1bTOOL_ERROR_CODE_UNAVAILABLE\x10\x06\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15lamps/v1/common.proto\x12\x08lamps.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"d\n\x0eSamplingParams\x12\x12\n\nmax_tokens\x18\x01 \x01(\r\x12\x13\n\x0btemperature\x18\x02 \x01(\x02\x12\r\n\x05top_p\x18\x03 \x01(\x02\x12\x0c\n\x04seed\x18\x04 \x01(\x04\x12\x0c\n\x04stop\x18\x05 \x03(\t\"A\n\x08ToolCall\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x16\n\x0e\x61rguments_json\x18\x03 \x01(\t\"C\n\tToolError\x12%\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x17.lamps.v1.ToolErrorCode\x12\x0f\n\x07message\x18\x02 \x01(\t\"k\n\nToolResult\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x0e\n\x06output\x18\x02 \x01(\t\x12\x18\n\x10\x64uration_seconds\x18\x03 \x01(\x01\x12\"\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x13.lamps.v1.ToolError\"o\n\rReplaySegment\x12\x15\n\routput_tokens\x18\x01 \x01(\r\x12\x0c\n\x04tool\x18\x02 \x01(\t\x12\x1d\n\x15tool_duration_seconds\x18\x03 \x01(\x01\x12\x1a\n\x12tool_output_tokens\x18\x04 \x01(\r\"3\n\x06Replay\x12)\n\x08segments\x18\x01 \x03(\x0b\x32\x17.lamps.v1.ReplaySegment\"\xb0\x01\n\nPrediction\x12\x17\n\x0fpre_call_tokens\x18\x01 \x01(\r\x12\x14\n\x0cpre_call_bin\x18\x02 \x01(\r\x12\x0c\n\x04tool\x18\x03 \x01(\t\x12\x18\n\x10tool_probability\x18\x04 \x01(\x02\x12\x1d\n\x15\x63\x61ll_duration_seconds\x18\x05 \x01(\x01\x12\x18\n\x10post_call_tokens\x18\x06 \x01(\r\x12\x12\n\nfrom_model\x18\x07 \x01(\x08\"\x84\x01\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x1a\n\x12tool_output_tokens\x18\x03 \x01(\r\x12\x19\n\x11recomputed_tokens\x18\x04 \x01(\r\x12\x12\n\ntool_calls\x18\x05 \x01(\r\"\x94\x01\n\x07Timings\x12\x15\n\rqueue_seconds\x18\x01 \x01(\x01\x12\x14\n\x0cttft_seconds\x18\x02 \x01(\x01\x12\x14\n\x0ctool_seconds\x18\x03 \x01(\x01\x12\x19\n\x11recompute_seconds\x18\x04 \x01(\x01\x12\x14\n\x0cswap_seconds\x18\x05 \x01(\x01\x12\x15\n\rtotal_seconds\x18\x06 \x01(\x01\"\xbf\x01\n\x0b\x43ostProfile\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1a\n\x12kv_bytes_per_token\x18\x02 \x01(\x04\x12\x14\n\x0cms_per_token\x18\x03 \x01(\x01\x12\x1c\n\x14ms_per_context_token\x18\x04 \x01(\x01\x12\x18\n\x10ms_per_iteration\x18\x05 \x01(\x01\x12\x19\n\x11saturation_tokens\x18\x06 \x01(\r\x12\x1d\n\x15swap_bytes_per_second\x18\x07 \x01(\x01\"{\n\x07KvUsage\x12\x12\n\nblock_size\x18\x01 \x01(\r\x12\x14\n\x0ctotal_blocks\x18\x02 \x01(\x04\x12\x13\n\x0b\x66ree_blocks\x18\x03 \x01(\x04\x12\x18\n\x10\x63pu_total_blocks\x18\x04 \x01(\x04\x12\x17\n\x0f\x63pu_free_blocks\x18\x05 \x01(\x04\"B\n\nTokenDelta\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x13\n\x0bstart_index\x18\x03 \x01(\r\"n\n\x08\x41\x63\x63\x65pted\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12(\n\nprediction\x18\x02 \x01(\x0b\x32\x14.lamps.v1.Prediction\x12$\n\x08strategy\x18\x03 \x01(\x0e\x32\x12.lamps.v1.Strategy\"n\n\x0cStateChanged\x12%\n\x05state\x18\x01 \x01(\x0e\x32\x16.lamps.v1.RequestState\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12$\n\x08strategy\x18\x03 \x01(\x0e\x32\x12.lamps.v1.Strategy\"Y\n\x0fToolCallStarted\x12 \n\x04\x63\x61ll\x18\x01 \x01(\x0b\x32\x12.lamps.v1.ToolCall\x12$\n\x08strategy\x18\x02 \x01(\x0e\x32\x12.lamps.v1.Strategy\"8\n\x10ToolCallFinished\x12$\n\x06result\x18\x01 \x01(\x0b\x32\x14.lamps.v1.ToolResult\"\xb4\x01\n\x08\x46inished\x12%\n\x05state\x18\x01 \x01(\x0e\x32\x16.lamps.v1.RequestState\x12&\n\x06reason\x18\x02 \x01(\x0e\x32\x16.lamps.v1.FinishReason\x12\x1e\n\x05usage\x18\x03 \x01(\x0b\x32\x0f.lamps.v1.Usage\x12\"\n\x07timings\x18\x04 \x01(\x0b\x32\x11.lamps.v1.Timings\x12\x15\n\rerror_message\x18\x05 \x01(\t\"\xff\x02\n\x0cRequestEvent\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x08\x61\x63\x63\x65pted\x18\x04 \x01(\x0b\x32\x12.lamps.v1.AcceptedH\x00\x12/\n\rstate_changed\x18\x05 \x01(\x0b\x32\x16.lamps.v1.StateChangedH\x00\x12&\n\x06tokens\x18\x06 \x01(\x0b\x32\x14.lamps.v1.TokenDeltaH\x00\x12\x36\n\x11tool_call_started\x18\x07 \x01(\x0b\x32\x19.lamps.v1.ToolCallStartedH\x00\x12\x38\n\x12tool_call_finished\x18\x08 \x01(\x0b\x32\x1a.lamps.v1.ToolCallFinishedH\x00\x12&\n\x08\x66inished\x18\t \x01(\x0b\x32\x12.lamps.v1.FinishedH\x00\x42\x06\n\x04kind*d\n\x08Strategy\x12\x18\n\x14STRATEGY_UNSPECIFIED\x10\x00\x12\x15\n\x11STRATEGY_PRESERVE\x10\x01\x12\x14\n\x10STRATEGY_DISCARD\x10\x02\x12\x11\n\rSTRATEGY_SWAP\x10\x03*\xd0\x01\n\x0cRequestState\x12\x1d\n\x19REQUEST_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14REQUEST_STATE_QUEUED\x10\x01\x12\x19\n\x15REQUEST_STATE_RUNNING\x10\x02\x12\x19\n\x15REQUEST_STATE_IN_TOOL\x10\x03\x12\x1a\n\x16REQUEST_STATE_FINISHED\x10\x04\x12\x18\n\x14REQUEST_STATE_FAILED\x10\x05\x12\x1b\n\x17REQUEST_STATE_CANCELLED\x10\x06*\x95\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x03\x12\x17\n\x13\x46INISH_REASON_ERROR\x10\x04*\xf2\x01\n\rToolErrorCode\x12\x1f\n\x1bTOOL_ERROR_CODE_UNSPECIFIED\x10\x00\x12 \n\x1cTOOL_ERROR_CODE_UNKNOWN_TOOL\x10\x01\x12%\n!TOOL_ERROR_CODE_INVALID_ARGUMENTS\x10\x02\x12\x1b\n\x17TOOL_ERROR_CODE_TIMEOUT\x10\x03\x12\x1f\n\x1bTOOL_ERROR_CODE_TOOL_FAILED\x10\x04\x12\x18\n\x14TOOL_ERROR_CODE_BUSY\x10\x05\x12\x1f\n\x1bTOOL_ERROR_CODE_UNAVAILABLE\x10\x06\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'lamps.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_STRATEGY']._serialized_start=2160
-  _globals['_STRATEGY']._serialized_end=2260
-  _globals['_REQUESTSTATE']._serialized_start=2263
-  _globals['_REQUESTSTATE']._serialized_end=2471
-  _globals['_FINISHREASON']._serialized_start=2474
-  _globals['_FINISHREASON']._serialized_end=2623
-  _globals['_TOOLERRORCODE']._serialized_start=2626
-  _globals['_TOOLERRORCODE']._serialized_end=2868
+  _globals['_STRATEGY']._serialized_start=2375
+  _globals['_STRATEGY']._serialized_end=2475
+  _globals['_REQUESTSTATE']._serialized_start=2478
+  _globals['_REQUESTSTATE']._serialized_end=2686
+  _globals['_FINISHREASON']._serialized_start=2689
+  _globals['_FINISHREASON']._serialized_end=2838
+  _globals['_TOOLERRORCODE']._serialized_start=2841
+  _globals['_TOOLERRORCODE']._serialized_end=3083
   _globals['_SAMPLINGPARAMS']._serialized_start=68
   _globals['_SAMPLINGPARAMS']._serialized_end=168
   _globals['_TOOLCALL']._serialized_start=170
@@ -58,20 +58,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_USAGE']._serialized_end=893
   _globals['_TIMINGS']._serialized_start=896
   _globals['_TIMINGS']._serialized_end=1044
-  _globals['_KVUSAGE']._serialized_start=1046
-  _globals['_KVUSAGE']._serialized_end=1169
-  _globals['_TOKENDELTA']._serialized_start=1171
-  _globals['_TOKENDELTA']._serialized_end=1216
-  _globals['_ACCEPTED']._serialized_start=1218
-  _globals['_ACCEPTED']._serialized_end=1328
-  _globals['_STATECHANGED']._serialized_start=1330
-  _globals['_STATECHANGED']._serialized_end=1440
-  _globals['_TOOLCALLSTARTED']._serialized_start=1442
-  _globals['_TOOLCALLSTARTED']._serialized_end=1531
-  _globals['_TOOLCALLFINISHED']._serialized_start=1533
-  _globals['_TOOLCALLFINISHED']._serialized_end=1589
-  _globals['_FINISHED']._serialized_start=1592
-  _globals['_FINISHED']._serialized_end=1772
-  _globals['_REQUESTEVENT']._serialized_start=1775
-  _globals['_REQUESTEVENT']._serialized_end=2158
+  _globals['_COSTPROFILE']._serialized_start=1047
+  _globals['_COSTPROFILE']._serialized_end=1238
+  _globals['_KVUSAGE']._serialized_start=1240
+  _globals['_KVUSAGE']._serialized_end=1363
+  _globals['_TOKENDELTA']._serialized_start=1365
+  _globals['_TOKENDELTA']._serialized_end=1431
+  _globals['_ACCEPTED']._serialized_start=1433
+  _globals['_ACCEPTED']._serialized_end=1543
+  _globals['_STATECHANGED']._serialized_start=1545
+  _globals['_STATECHANGED']._serialized_end=1655
+  _globals['_TOOLCALLSTARTED']._serialized_start=1657
+  _globals['_TOOLCALLSTARTED']._serialized_end=1746
+  _globals['_TOOLCALLFINISHED']._serialized_start=1748
+  _globals['_TOOLCALLFINISHED']._serialized_end=1804
+  _globals['_FINISHED']._serialized_start=1807
+  _globals['_FINISHED']._serialized_end=1987
+  _globals['_REQUESTEVENT']._serialized_start=1990
+  _globals['_REQUESTEVENT']._serialized_end=2373
 # @@protoc_insertion_point(module_scope)

@@ -479,6 +479,55 @@ class Timings(_message.Message):
 Global___Timings: _TypeAlias = Timings  # noqa: Y015
 
 @_typing.final
+class CostProfile(_message.Message):
+    """A worker's GPU cost model (DESIGN.md section 6): what the policies reason with.
+    Iteration time is T = a*x + b*k + c milliseconds for x tokens computed and k context tokens
+    read by attention in the iteration.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    KV_BYTES_PER_TOKEN_FIELD_NUMBER: _builtins.int
+    MS_PER_TOKEN_FIELD_NUMBER: _builtins.int
+    MS_PER_CONTEXT_TOKEN_FIELD_NUMBER: _builtins.int
+    MS_PER_ITERATION_FIELD_NUMBER: _builtins.int
+    SATURATION_TOKENS_FIELD_NUMBER: _builtins.int
+    SWAP_BYTES_PER_SECOND_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The profile's name, such as "gptj-6b-a100", or "measured" when the worker measured it."""
+    kv_bytes_per_token: _builtins.int
+    """Bytes of KV cache per token: K and V, every layer."""
+    ms_per_token: _builtins.float
+    """a: milliseconds per token computed in an iteration."""
+    ms_per_context_token: _builtins.float
+    """b: milliseconds per context token read by attention in an iteration."""
+    ms_per_iteration: _builtins.float
+    """c: fixed milliseconds per iteration."""
+    saturation_tokens: _builtins.int
+    """Tokens per iteration below which more tokens cost almost nothing (the saturation point S)."""
+    swap_bytes_per_second: _builtins.float
+    """Bytes per second between GPU and CPU memory, for Swap; 0 when the worker cannot swap."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        kv_bytes_per_token: _builtins.int = ...,
+        ms_per_token: _builtins.float = ...,
+        ms_per_context_token: _builtins.float = ...,
+        ms_per_iteration: _builtins.float = ...,
+        saturation_tokens: _builtins.int = ...,
+        swap_bytes_per_second: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kv_bytes_per_token", b"kv_bytes_per_token", "ms_per_context_token", b"ms_per_context_token", "ms_per_iteration", b"ms_per_iteration", "ms_per_token", b"ms_per_token", "name", b"name", "saturation_tokens", b"saturation_tokens", "swap_bytes_per_second", b"swap_bytes_per_second"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CostProfile: _TypeAlias = CostProfile  # noqa: Y015
+
+@_typing.final
 class KvUsage(_message.Message):
     """KV cache occupancy of one worker."""
 
@@ -524,8 +573,13 @@ class TokenDelta(_message.Message):
 
     TOKEN_IDS_FIELD_NUMBER: _builtins.int
     TEXT_FIELD_NUMBER: _builtins.int
+    START_INDEX_FIELD_NUMBER: _builtins.int
     text: _builtins.str
     """Their detokenized text (empty when the engine has no tokenizer)."""
+    start_index: _builtins.int
+    """Position of the first of these tokens among the request's generated tokens, from 0; lets a
+    receiver drop a delta it already has (a worker re-sends after a reconnect).
+    """
     @_builtins.property
     def token_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """New token ids, in order."""
@@ -535,10 +589,11 @@ class TokenDelta(_message.Message):
         *,
         token_ids: _abc.Iterable[_builtins.int] | None = ...,
         text: _builtins.str = ...,
+        start_index: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["text", b"text", "token_ids", b"token_ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["start_index", b"start_index", "text", b"text", "token_ids", b"token_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -105,8 +105,11 @@ class GenerateRequest(_message.Message):
     TOOLS_FIELD_NUMBER: _builtins.int
     REPLAY_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
     prompt: _builtins.str
     """The prompt text. Exactly one of prompt and prompt_token_ids is set."""
+    model: _builtins.str
+    """The model to run on, as workers register it; empty means the cluster's only model."""
     @_builtins.property
     def prompt_token_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """The prompt as token ids of the served model."""
@@ -136,10 +139,11 @@ class GenerateRequest(_message.Message):
         tools: _abc.Iterable[_builtins.str] | None = ...,
         replay: _common_pb2.Replay | None = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        model: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["replay", b"replay", "sampling", b"sampling"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["labels", b"labels", "prompt", b"prompt", "prompt_token_ids", b"prompt_token_ids", "replay", b"replay", "sampling", b"sampling", "tools", b"tools"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["labels", b"labels", "model", b"model", "prompt", b"prompt", "prompt_token_ids", b"prompt_token_ids", "replay", b"replay", "sampling", b"sampling", "tools", b"tools"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -643,6 +647,7 @@ class Register(_message.Message):
     STRATEGIES_FIELD_NUMBER: _builtins.int
     MAX_RUNNING_FIELD_NUMBER: _builtins.int
     HELD_REQUEST_IDS_FIELD_NUMBER: _builtins.int
+    PROFILE_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
     """A stable id (the pod name); must be unique among connected workers."""
     model: _builtins.str
@@ -663,6 +668,10 @@ class Register(_message.Message):
     def held_request_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Requests it still holds from before a reconnect, so none is lost or run twice."""
 
+    @_builtins.property
+    def profile(self) -> _common_pb2.CostProfile:
+        """Its GPU cost model, from a named profile or measured at start-up."""
+
     def __init__(
         self,
         *,
@@ -673,10 +682,11 @@ class Register(_message.Message):
         strategies: _abc.Iterable[_common_pb2.Strategy.ValueType] | None = ...,
         max_running: _builtins.int = ...,
         held_request_ids: _abc.Iterable[_builtins.str] | None = ...,
+        profile: _common_pb2.CostProfile | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["kv", b"kv"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["kv", b"kv", "profile", b"profile"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["engine", b"engine", "held_request_ids", b"held_request_ids", "kv", b"kv", "max_running", b"max_running", "model", b"model", "strategies", b"strategies", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["engine", b"engine", "held_request_ids", b"held_request_ids", "kv", b"kv", "max_running", b"max_running", "model", b"model", "profile", b"profile", "strategies", b"strategies", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
