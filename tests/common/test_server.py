@@ -177,12 +177,12 @@ async def test_request_id_is_echoed_and_logged(start_service: StartService) -> N
         )
         with pytest.raises(aio.AioRpcError):
             await call
-        assert ("x-request-id", "req-42") in tuple(await call.initial_metadata())
+        assert ("x-request-id", "req-42") in tuple(await call.trailing_metadata())
         # Without one, the server makes one up and still says which.
         call = stub.ListTools(tool_runner_pb2.ListToolsRequest(), timeout=5)
         with pytest.raises(aio.AioRpcError):
             await call
-        generated = dict(await call.initial_metadata())["x-request-id"]
+        generated = dict(await call.trailing_metadata())["x-request-id"]
         assert len(generated) == 32
     logged = {r.get("request_id") for r in service.records() if r.get("logger") == "lamps.rpc"}
     assert {"req-42", generated} <= logged

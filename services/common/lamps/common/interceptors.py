@@ -1,7 +1,10 @@
 """Server interceptors: request ids, metrics and access logs; bearer-token authentication.
 
-Both work by wrapping the method handler's behaviour, so the code they add runs inside the task
-that serves the call: a request id set there is seen by every log line of the call.
+Both sit on every RPC of the scheduler's hot path, so per-method work is done once: wrapped
+handlers and metric series are cached per method. Per call, `intercept_service` reads the
+metadata gRPC has already parsed and sets the request id in a context variable, which the handler
+then sees (gRPC runs both in the call's own context, as its async interceptor example shows);
+the observing wrapper only counts, times and logs.
 """
 
 from __future__ import annotations
@@ -11,9 +14,10 @@ import hmac
 import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
+from types import TracebackType
 from typing import TYPE_CHECKING, Any, cast
 
 import grpc
@@ -31,13 +35,15 @@ else:
 
 log = logging.getLogger("lamps.rpc")
 
+Context = aio.ServicerContext[Any, Any]
 Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[Handler]]
-Around = Callable[[aio.ServicerContext[Any, Any]], AbstractAsyncContextManager[None]]
+Around = Callable[[Context], AbstractAsyncContextManager[None]]
 
 # Codes that mean the server, not the caller, went wrong: logged as errors.
 _SERVER_FAULTS = frozenset(
     {grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL, grpc.StatusCode.DATA_LOSS}
 )
+_CODES_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
 
 
 @dataclass(frozen=True)
@@ -69,7 +75,7 @@ def wrap_handler(handler: Handler, around: Around) -> Handler:
             handler.stream_stream if handler.request_streaming else handler.unary_stream,
         )
 
-        async def streaming(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+        async def streaming(request: Any, context: Context) -> Any:
             async with around(context):
                 result = behavior(request, context)
                 if inspect.isasyncgen(result):
@@ -94,7 +100,7 @@ def wrap_handler(handler: Handler, around: Around) -> Handler:
         handler.stream_unary if handler.request_streaming else handler.unary_unary,
     )
 
-    async def unary(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+    async def unary(request: Any, context: Context) -> Any:
         async with around(context):
             result = unary_behavior(request, context)
             return await result if inspect.isawaitable(result) else result
@@ -111,74 +117,123 @@ def wrap_handler(handler: Handler, around: Around) -> Handler:
     )
 
 
-def _metadata_value(details: grpc.HandlerCallDetails, key: str) -> str | None:
+class _CachingInterceptor(_ServerInterceptor):
+    """Wraps each method's handler once and reuses the wrapper.
+
+    The cache is keyed on the handler the rest of the chain returned, so a chain that answers
+    with another handler (another interceptor's choice, say) gets a fresh wrapper.
+    """
+
+    def __init__(self) -> None:
+        # (method, id of the inner handler) -> (the inner handler, kept alive; its wrapper)
+        self._wrapped: dict[tuple[str, int], tuple[Handler, Handler]] = {}
+
+    def wrapped(self, method: str, handler: Handler) -> Handler:
+        key = (method, id(handler))
+        cached = self._wrapped.get(key)
+        if cached is None:
+            cached = self._wrapped[key] = (handler, self.wrap(method, handler))
+        return cached[1]
+
+    def wrap(self, method: str, handler: Handler) -> Handler:
+        raise NotImplementedError
+
+
+def metadata_value(details: grpc.HandlerCallDetails, key: str) -> str | None:
+    """The first value of `key` in the call's metadata."""
     for item_key, value in details.invocation_metadata or ():
         if item_key == key:
             return value if isinstance(value, str) else value.decode("utf-8", "replace")
     return None
 
 
-def _status_of(context: aio.ServicerContext[Any, Any]) -> grpc.StatusCode:
+def _status_of(context: Context) -> grpc.StatusCode:
     # The aio context reports a StatusCode or, depending on how the call ended, its integer.
     code: object = context.code()
     if isinstance(code, grpc.StatusCode):
         return code
     if isinstance(code, int):
-        return next((c for c in grpc.StatusCode if c.value[0] == code), grpc.StatusCode.UNKNOWN)
+        return _CODES_BY_NUMBER.get(code, grpc.StatusCode.UNKNOWN)
     return grpc.StatusCode.OK
 
 
-class ObservabilityInterceptor(_ServerInterceptor):
-    """Sets the request id (from `x-request-id` or new), echoes it, counts and logs each call."""
+class _MethodMetrics:
+    """The metric series of one method, resolved once."""
+
+    def __init__(self, method: str, rpc_type: str) -> None:
+        name = MethodName.parse(method)
+        self.method = method
+        self.labels = (name.service, name.method, rpc_type)
+        self.started = GRPC_STARTED.labels(*self.labels)
+        self.seconds = GRPC_HANDLING_SECONDS.labels(*self.labels)
+        self._handled: dict[grpc.StatusCode, Any] = {}
+
+    def handled(self, code: grpc.StatusCode) -> Any:
+        counter = self._handled.get(code)
+        if counter is None:
+            counter = self._handled[code] = GRPC_HANDLED.labels(*self.labels, code.name)
+        return counter
+
+
+class _Observed:
+    """One call under observation: its request id echoed, metrics and an access log out."""
+
+    __slots__ = ("_context", "_metrics", "_started")
+
+    def __init__(self, metrics: _MethodMetrics, context: Context) -> None:
+        self._metrics = metrics
+        self._context = context
+
+    async def __aenter__(self) -> None:
+        # Trailing metadata travels with the status, so echoing the id costs no extra message.
+        self._context.set_trailing_metadata(
+            ((REQUEST_ID_METADATA_KEY, request_id_var.get() or ""),)
+        )
+        self._metrics.started.inc()
+        self._started = time.perf_counter()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc is None or isinstance(exc, aio.AbortError):
+            code = _status_of(self._context)
+        elif isinstance(exc, GeneratorExit | asyncio.CancelledError):
+            code = grpc.StatusCode.CANCELLED
+        else:
+            code = grpc.StatusCode.UNKNOWN
+            log.error("unhandled error in %s", self._metrics.method, exc_info=exc)
+        elapsed = time.perf_counter() - self._started
+        self._metrics.handled(code).inc()
+        self._metrics.seconds.observe(elapsed)
+        _log_call(self._metrics.method, code, elapsed, self._context)
+
+
+class ObservabilityInterceptor(_CachingInterceptor):
+    """Sets the request id (from `x-request-id` or new), echoes it, counts and logs each call.
+
+    The id comes back in the trailing metadata under `x-request-id`; a handler that sets its own
+    trailing metadata should include it.
+    """
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
     ) -> Handler:
+        request_id = metadata_value(handler_call_details, REQUEST_ID_METADATA_KEY)
+        request_id_var.set(request_id or new_request_id())
         handler: Handler | None = await continuation(handler_call_details)
         if handler is None:  # no such method: gRPC itself answers UNIMPLEMENTED
             return cast(Handler, None)
-        name = MethodName.parse(handler_call_details.method)
-        rpc_type = _rpc_type(handler)
-        request_id = _metadata_value(handler_call_details, REQUEST_ID_METADATA_KEY)
+        return self.wrapped(handler_call_details.method, handler)
 
-        @asynccontextmanager
-        async def observe(context: aio.ServicerContext[Any, Any]) -> AsyncIterator[None]:
-            token = request_id_var.set(request_id or new_request_id())
-            labels = (name.service, name.method, rpc_type)
-            GRPC_STARTED.labels(*labels).inc()
-            started = time.perf_counter()
-            code = grpc.StatusCode.OK
-            try:
-                await context.send_initial_metadata(
-                    ((REQUEST_ID_METADATA_KEY, request_id_var.get() or ""),)
-                )
-                yield
-                code = _status_of(context)
-            except aio.AbortError:
-                code = _status_of(context)
-                raise
-            except BaseException as exc:
-                code = (
-                    grpc.StatusCode.CANCELLED
-                    if isinstance(exc, GeneratorExit | asyncio.CancelledError)
-                    else grpc.StatusCode.UNKNOWN
-                )
-                if code is grpc.StatusCode.UNKNOWN:
-                    log.exception("unhandled error in %s", handler_call_details.method)
-                raise
-            finally:
-                elapsed = time.perf_counter() - started
-                GRPC_HANDLED.labels(*labels, code.name).inc()
-                GRPC_HANDLING_SECONDS.labels(*labels).observe(elapsed)
-                _log_call(handler_call_details.method, code, elapsed, context)
-                request_id_var.reset(token)
-
-        return wrap_handler(handler, observe)
+    def wrap(self, method: str, handler: Handler) -> Handler:
+        metrics = _MethodMetrics(method, _rpc_type(handler))
+        return wrap_handler(handler, lambda context: _Observed(metrics, context))
 
 
-def _log_call(
-    method: str, code: grpc.StatusCode, elapsed: float, context: aio.ServicerContext[Any, Any]
-) -> None:
+def _log_call(method: str, code: grpc.StatusCode, elapsed: float, context: Context) -> None:
     if code is grpc.StatusCode.OK:
         level = logging.DEBUG
     elif code in _SERVER_FAULTS:
@@ -200,12 +255,27 @@ def _log_call(
         )
 
 
-def _bearer_token(details: grpc.HandlerCallDetails) -> str | None:
-    value = _metadata_value(details, "authorization")
-    if value is None:
+class _Refusal:
+    """Aborts the call with UNAUTHENTICATED before its behaviour can run."""
+
+    __slots__ = ("_context", "_reason")
+
+    def __init__(self, reason: str, context: Context) -> None:
+        self._reason = reason
+        self._context = context
+
+    async def __aenter__(self) -> None:
+        await self._context.abort(grpc.StatusCode.UNAUTHENTICATED, self._reason)
+
+    async def __aexit__(self, *exc_info: object) -> None:
         return None
-    scheme, _, token = value.partition(" ")
-    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+_REFUSAL_MISSING = (
+    "missing bearer token: send the metadata 'authorization: Bearer <token>' "
+    "(the lamps CLI and SDK take --token or LAMPS_TOKEN)"
+)
+_REFUSAL_INVALID = "invalid bearer token: it matches none this service accepts"
 
 
 class AuthInterceptor(_ServerInterceptor):
@@ -213,7 +283,8 @@ class AuthInterceptor(_ServerInterceptor):
 
     `tokens_by_service` maps a full service name (`lamps.v1.SchedulerService`) to the tokens it
     accepts. Services not in the map, such as health checking and reflection, stay open so that
-    probes and tooling work without secrets.
+    probes and tooling work without secrets. A call that passes gets the service's own handler
+    untouched; one that fails gets a handler (cached per method) that answers UNAUTHENTICATED.
     """
 
     def __init__(self, tokens_by_service: Mapping[str, frozenset[str]]) -> None:
@@ -222,40 +293,33 @@ class AuthInterceptor(_ServerInterceptor):
             for service, tokens in tokens_by_service.items()
             if tokens
         }
+        self._refusals: dict[tuple[str, str], Handler] = {}
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
     ) -> Handler:
         handler = await continuation(handler_call_details)
-        accepted = self._tokens.get(MethodName.parse(handler_call_details.method).service)
+        method = handler_call_details.method
+        accepted = self._tokens.get(MethodName.parse(method).service)
         if handler is None or not accepted:
             return handler
-        presented = _bearer_token(handler_call_details)
-        if presented is None:
-            reason = (
-                "missing bearer token: send the metadata 'authorization: Bearer <token>' "
-                "(the lamps CLI and SDK take --token or LAMPS_TOKEN)"
-            )
-        else:
-            candidate = presented.encode()
-            # Compare against every token so the time taken does not tell which one nearly matched.
-            matches = [hmac.compare_digest(candidate, token) for token in accepted]
-            if any(matches):
-                return handler
-            reason = "invalid bearer token: it matches none this service accepts"
+        reason = self._refusal_reason(handler_call_details, accepted)
+        if reason is None:
+            return handler
+        refusal = self._refusals.get((method, reason))
+        if refusal is None:
+            refusal = wrap_handler(handler, lambda context: _Refusal(reason, context))
+            self._refusals[(method, reason)] = refusal
+        return refusal
 
-        return wrap_handler(handler, lambda context: _Refusal(context, reason))
-
-
-class _Refusal:
-    """Aborts the call with UNAUTHENTICATED before its behaviour can run."""
-
-    def __init__(self, context: aio.ServicerContext[Any, Any], reason: str) -> None:
-        self._context = context
-        self._reason = reason
-
-    async def __aenter__(self) -> None:
-        await self._context.abort(grpc.StatusCode.UNAUTHENTICATED, self._reason)
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        return None
+    @staticmethod
+    def _refusal_reason(details: grpc.HandlerCallDetails, accepted: list[bytes]) -> str | None:
+        scheme, _, token = (metadata_value(details, "authorization") or "").partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            return _REFUSAL_MISSING
+        candidate = token.encode()
+        # Compare against every token so the time taken does not tell which one nearly matched.
+        if any([hmac.compare_digest(candidate, expected) for expected in accepted]):
+            return None
+        return _REFUSAL_INVALID
