@@ -79,15 +79,15 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
             rates[name].append(await calls_per_second(make(), args.calls, args.concurrency))
         print(f"  repeat {repeat + 1}/{args.repeats} done", file=sys.stderr)
     bare = statistics.median(rates["bare"])
-    ours = statistics.median(rates["ours"])
+    intercepted = statistics.median(rates["ours"])
     return {
         "calls": args.calls,
         "concurrency": args.concurrency,
         "repeats": args.repeats,
         "bare_calls_per_s": round(bare, 1),
-        "ours_calls_per_s": round(ours, 1),
-        "ratio": round(ours / bare, 3),
-        "extra_us_per_call": round((1 / ours - 1 / bare) * 1e6, 1),
+        "ours_calls_per_s": round(intercepted, 1),
+        "ratio": round(intercepted / bare, 3),
+        "extra_us_per_call": round((1 / intercepted - 1 / bare) * 1e6, 1),
     }
 
 
