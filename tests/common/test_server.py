@@ -184,6 +184,13 @@ async def test_request_id_is_echoed_and_logged(start_service: StartService) -> N
             await call
         generated = dict(await call.trailing_metadata())["x-request-id"]
         assert len(generated) == 32
+        # A hostile, huge id is cut before it reaches the logs.
+        call = stub.ListTools(
+            tool_runner_pb2.ListToolsRequest(), metadata=(("x-request-id", "x" * 4000),), timeout=5
+        )
+        with pytest.raises(aio.AioRpcError):
+            await call
+        assert dict(await call.trailing_metadata())["x-request-id"] == "x" * 128
     logged = {r.get("request_id") for r in service.records() if r.get("logger") == "lamps.rpc"}
     assert {"req-42", generated} <= logged
 

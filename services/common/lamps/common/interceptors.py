@@ -44,6 +44,8 @@ _SERVER_FAULTS = frozenset(
     {grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL, grpc.StatusCode.DATA_LOSS}
 )
 _CODES_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
+# A caller's x-request-id is cut to this length before it reaches every log line of the call.
+MAX_REQUEST_ID_CHARS = 128
 
 
 @dataclass(frozen=True)
@@ -115,28 +117,6 @@ def wrap_handler(handler: Handler, around: Around) -> Handler:
         request_deserializer=handler.request_deserializer,
         response_serializer=handler.response_serializer,
     )
-
-
-class _CachingInterceptor(_ServerInterceptor):
-    """Wraps each method's handler once and reuses the wrapper.
-
-    The cache is keyed on the handler the rest of the chain returned, so a chain that answers
-    with another handler (another interceptor's choice, say) gets a fresh wrapper.
-    """
-
-    def __init__(self) -> None:
-        # (method, id of the inner handler) -> (the inner handler, kept alive; its wrapper)
-        self._wrapped: dict[tuple[str, int], tuple[Handler, Handler]] = {}
-
-    def wrapped(self, method: str, handler: Handler) -> Handler:
-        key = (method, id(handler))
-        cached = self._wrapped.get(key)
-        if cached is None:
-            cached = self._wrapped[key] = (handler, self.wrap(method, handler))
-        return cached[1]
-
-    def wrap(self, method: str, handler: Handler) -> Handler:
-        raise NotImplementedError
 
 
 def metadata_value(details: grpc.HandlerCallDetails, key: str) -> str | None:
@@ -211,26 +191,33 @@ class _Observed:
         _log_call(self._metrics.method, code, elapsed, self._context)
 
 
-class ObservabilityInterceptor(_CachingInterceptor):
+class ObservabilityInterceptor(_ServerInterceptor):
     """Sets the request id (from `x-request-id` or new), echoes it, counts and logs each call.
 
     The id comes back in the trailing metadata under `x-request-id`; a handler that sets its own
-    trailing metadata should include it.
+    trailing metadata should include it. Wrapped handlers are cached per method and keyed on the
+    handler the rest of the chain returned, so a refusal from the auth interceptor gets its own.
     """
+
+    def __init__(self) -> None:
+        # (method, id of the inner handler) -> (the inner handler, kept alive; its wrapper)
+        self._wrapped: dict[tuple[str, int], tuple[Handler, Handler]] = {}
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
     ) -> Handler:
         request_id = metadata_value(handler_call_details, REQUEST_ID_METADATA_KEY)
-        request_id_var.set(request_id or new_request_id())
+        request_id_var.set(request_id[:MAX_REQUEST_ID_CHARS] if request_id else new_request_id())
         handler: Handler | None = await continuation(handler_call_details)
         if handler is None:  # no such method: gRPC itself answers UNIMPLEMENTED
             return cast(Handler, None)
-        return self.wrapped(handler_call_details.method, handler)
-
-    def wrap(self, method: str, handler: Handler) -> Handler:
-        metrics = _MethodMetrics(method, _rpc_type(handler))
-        return wrap_handler(handler, lambda context: _Observed(metrics, context))
+        key = (handler_call_details.method, id(handler))
+        cached = self._wrapped.get(key)
+        if cached is None:
+            metrics = _MethodMetrics(handler_call_details.method, _rpc_type(handler))
+            wrapped = wrap_handler(handler, lambda context: _Observed(metrics, context))
+            cached = self._wrapped[key] = (handler, wrapped)
+        return cached[1]
 
 
 def _log_call(method: str, code: grpc.StatusCode, elapsed: float, context: Context) -> None:
