@@ -293,3 +293,13 @@ async def test_a_port_in_use_is_a_clear_error(start_service: StartService) -> No
     assert await asyncio.to_thread(second.proc.wait, 30) == 1
     errors = [r["msg"] for r in second.records() if r["level"] == "ERROR"]
     assert any(f"cannot listen on 127.0.0.1:{first.port}" in m for m in errors), errors
+    assert "Traceback" not in second.log_path.read_text()
+
+
+async def test_a_metrics_port_in_use_is_a_clear_error(start_service: StartService) -> None:
+    first = start_service(["worker"])
+    second = start_service(["worker", "--metrics-port", str(first.metrics_port)], wait=False)
+    assert await asyncio.to_thread(second.proc.wait, 30) == 1
+    errors = [r["msg"] for r in second.records() if r["level"] == "ERROR"]
+    assert any(f"cannot serve metrics on 127.0.0.1:{first.metrics_port}" in m for m in errors)
+    assert "Traceback" not in second.log_path.read_text()

@@ -98,16 +98,15 @@ class Server:
         try:
             if self._lifespan is not None:
                 await self._resources.enter_async_context(self._lifespan())
-            self._server = self._build()
-            self.port = self._bind(self._server)
-            self._metrics = start_metrics_endpoint(
-                self.config.metrics_host, self.config.metrics_port
-            )
+            server = self._build()
+            self.port = self._bind(server)
+            self._metrics = self._start_metrics()
         except BaseException:
             await self._resources.aclose()
             raise
         self.metrics_port = self._metrics.port
-        await self._server.start()
+        self._server = server
+        await server.start()
         for name in ("", *(s.name for s in self.services)):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info(
@@ -151,6 +150,16 @@ class Server:
         except RuntimeError as exc:
             raise ServerStartError(
                 f"cannot listen on {address}: {exc} (is another process using the port?)"
+            ) from exc
+
+    def _start_metrics(self) -> MetricsEndpoint:
+        address = f"{self.config.metrics_host}:{self.config.metrics_port}"
+        try:
+            return start_metrics_endpoint(self.config.metrics_host, self.config.metrics_port)
+        except OSError as exc:
+            raise ServerStartError(
+                f"cannot serve metrics on {address}: {exc.strerror or exc} "
+                "(is another process using the port?)"
             ) from exc
 
     async def stop(self) -> None:
