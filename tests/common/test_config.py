@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import subprocess
 from pathlib import Path
 
@@ -64,7 +65,7 @@ def test_bool_flags_and_variables() -> None:
         ({"LAMPS_PORT": "fifty"}, "LAMPS_PORT='fifty' is not an integer"),
         ({"LAMPS_PORT": "70000"}, "--port=70000 is not a port"),
         ({"LAMPS_GRACE_SECONDS": "-1"}, "--grace-seconds must not be negative"),
-        ({"LAMPS_LOG_FORMAT": "xml"}, "expected one of json, text"),
+        ({"LAMPS_LOG_FORMAT": "xml"}, "LAMPS_LOG_FORMAT='xml' is not one of json, text"),
         ({"LAMPS_LOG_LEVEL": "LOUD"}, "--log-level='LOUD'"),
         ({"LAMPS_TLS_CERT_FILE": "/nonexistent.pem"}, "must be given together"),
         (
@@ -74,7 +75,7 @@ def test_bool_flags_and_variables() -> None:
     ],
 )
 def test_bad_values_name_their_source(env: dict[str, str], message: str) -> None:
-    with pytest.raises(cfg.ConfigError, match=message.replace("?", r"\?")):
+    with pytest.raises(cfg.ConfigError, match=re.escape(message)):
         cfg.load(SchedulerConfig, None, env)
 
 

@@ -79,8 +79,7 @@ def _parser_for(tp: Any) -> Callable[[str], Any]:
             try:
                 return enum_type(text.strip().lower())
             except ValueError:
-                choices = ", ".join(str(m.value) for m in enum_type)
-                raise ValueError(f"expected one of {choices}") from None
+                raise ValueError() from None  # _describe() already lists the choices
 
     elif inner in (int, float):
         number = inner
