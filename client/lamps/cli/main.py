@@ -62,9 +62,22 @@ PLANNED = {
     "generate": "stream a generation from a running system",
     "status": "show workers, KV usage and the queue",
     "bench": "replay a trace against a running system",
-    "simulate": "compare policies on a trace in virtual time",
     "models": "prepare model weights (for example SmolLM2-135M for a CPU worker)",
 }
+
+
+@dataclass(frozen=True)
+class ToolCommand:
+    """`lamps <name>`: a module with `add_arguments(parser)` and `run(args) -> int`."""
+
+    name: str
+    help: str
+    module: str
+
+
+TOOLS = (
+    ToolCommand("simulate", "compare policies on a trace in virtual time", "lamps.simulator.cli"),
+)
 PLANNED_SERVICE_COMMANDS = {"predictor": {"train": "train the predictor's heads on a trace"}}
 
 
@@ -113,6 +126,16 @@ def build_parser() -> argparse.ArgumentParser:
         for action, text in PLANNED_SERVICE_COMMANDS.get(command.name, {}).items():
             planned = actions.add_parser(action, help=f"{text} [not yet available]")
             planned.set_defaults(run=_not_yet(f"{command.name} {action}"))
+    for tool in TOOLS:
+        module = importlib.import_module(tool.module)
+        command_parser = commands.add_parser(
+            tool.name,
+            help=tool.help,
+            description=module.__doc__,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        module.add_arguments(command_parser)
+        command_parser.set_defaults(run=module.run)
     for name, text in PLANNED.items():
         planned = commands.add_parser(name, help=f"{text} [not yet available]")
         planned.set_defaults(run=_not_yet(name))

@@ -24,6 +24,8 @@ from lamps.scheduler.policy.waste import wastes
 # LAMPS' starvation guard (PAPER.md section 7): passed over this many times, a request moves to
 # the head lane.
 DEFAULT_STARVATION_THRESHOLD = 100
+# lamps-plus: how much score (token-seconds of KV) one second of waiting is worth.
+DEFAULT_AGING_TOKEN_SECONDS = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,12 +158,28 @@ class OracleLamps(Policy):
 class LampsPlus(Policy):
     name = "lamps-plus"
     description = (
-        "LAMPS' rank; at the intercept the strategy is chosen again from the true context and the "
-        "free swap space, and revised online if the call outlasts its prediction"
+        "LAMPS' rank with aging instead of a starvation lane; at the intercept the strategy is "
+        "chosen again from the true context and the free swap space, and revised online if the "
+        "call outlasts its prediction"
     )
 
+    def __init__(
+        self,
+        cost: CostModel,
+        starvation_threshold: int | None = None,
+        aging_token_seconds: float = DEFAULT_AGING_TOKEN_SECONDS,
+    ) -> None:
+        # Aging replaces the lane: a hard lane turns into FIFO whenever the queue stays long,
+        # which is exactly when ranking pays.
+        super().__init__(cost, None)
+        self.aging = aging_token_seconds
+
     def plan(self, request: RequestView, engine: EngineView) -> Plan:
-        return _lamps_plan(self, request.estimate, engine)
+        plan = _lamps_plan(self, request.estimate, engine)
+        # Waiting lowers the rank at `aging` token-seconds of score per second since arrival;
+        # the same slope for every request keeps the key static: score + aging * arrival.
+        tokens = plan.rank / self.cost.kv_bytes_per_token
+        return Plan(rank=tokens + self.aging * request.arrival_s, strategy=plan.strategy)
 
     def at_intercept(self, call: CallView, planned: Strategy, engine: EngineView) -> Decision:
         strategy = self.min_waste(call.context_tokens, call.predicted_duration_s, engine)
