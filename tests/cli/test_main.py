@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from lamps.cli.main import PLANNED, SERVICES, main
+from lamps.cli.main import PLANNED, SERVICES, TOOLS, main
 from tests.support.processes import lamps_command
 
 
@@ -16,7 +16,7 @@ def test_help_lists_every_service_and_planned_command(capsys: pytest.CaptureFixt
         main(["--help"])
     assert exited.value.code == 0
     out = capsys.readouterr().out
-    for name in [s.name for s in SERVICES] + list(PLANNED):
+    for name in [s.name for s in SERVICES] + [t.name for t in TOOLS] + list(PLANNED):
         assert f"\n    {name}" in out
 
 
@@ -32,7 +32,7 @@ def test_each_service_has_serve_with_port_flags(
 
 
 def test_a_planned_command_says_it_is_not_available(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["simulate"]) == 2
+    assert main(["up"]) == 2
     assert "not available in this release" in capsys.readouterr().err
 
 

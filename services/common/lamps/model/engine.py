@@ -225,7 +225,8 @@ class EngineModel:
     def step(self, now: float) -> Iteration | None:
         """Run one iteration starting at `now`; None when nothing is ready to run."""
         self.complete_transfers(now)
-        while self.used + self._decoding > self.capacity and self._running:
+        # Each decoding request grows by a token, and so may each request finishing its prefill.
+        while self.used + self._decoding + len(self._prefilling) > self.capacity and self._running:
             self._preempt(max(self._running))
         if not self._running:
             return None
