@@ -27,6 +27,7 @@ class RunResult:
     mean_ttft_s: float
     p99_ttft_s: float
     throughput_rps: float
+    makespan_s: float
     idle_held_gb: float
     recompute_share: float
     preemptions: int
@@ -79,6 +80,7 @@ def summarize(
         mean_ttft_s=_mean(ttft),
         p99_ttft_s=percentile(ttft, 0.99),
         throughput_rps=len(done) / span,
+        makespan_s=stats.end_s,
         idle_held_gb=cost.kv_bytes(stats.held_token_seconds / span) / 1e9,
         recompute_share=cost.ms_per_token * stats.recompute_tokens / 1000.0 / busy,
         preemptions=stats.preemptions,
