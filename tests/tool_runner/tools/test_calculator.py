@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from lamps.tool_runner.errors import InvalidArguments, ToolFailure
 from lamps.tool_runner.tools.calculator import evaluate, format_number
 from lamps.v1 import common_pb2
+from tests.tool_runner.conftest import RunningToolRunner
 
 INVALID = common_pb2.TOOL_ERROR_CODE_INVALID_ARGUMENTS
 FAILED = common_pb2.TOOL_ERROR_CODE_TOOL_FAILED
@@ -123,3 +124,37 @@ def answer(expression: str) -> str:
         return format_number(evaluate(expression))
     except ToolFailure as failure:
         return failure.message
+
+
+@pytest.mark.parametrize(
+    ("expression", "code", "reason"),
+    [
+        ("9**9**9", FAILED, "more than 1000 digits"),
+        ("-" * 999 + "1", INVALID, "nested more than 100 levels"),
+        ("().__class__", INVALID, "attribute access"),
+        ("open('/etc/passwd')", INVALID, "only these functions can be called"),
+        ("1/0", FAILED, "division by zero"),
+    ],
+)
+async def test_hostile_input_through_the_server_is_a_readable_error(
+    tool_runner: RunningToolRunner, expression: str, code: int, reason: str
+) -> None:
+    result = await tool_runner.execute("calculator", {"expression": expression})
+    assert result.error.code == code
+    assert reason in result.error.message
+    assert result.output == ""
+
+
+async def test_the_calculator_answers_through_the_server(tool_runner: RunningToolRunner) -> None:
+    result = await tool_runner.execute("calculator", {"expression": "sqrt(2) * (3 + 4) ** 2"})
+    assert result.error.code == common_pb2.TOOL_ERROR_CODE_UNSPECIFIED
+    assert result.output == "69.2964645562817"
+    assert result.call_id == "call-1"
+
+
+async def test_an_overlong_expression_fails_the_schema_through_the_server(
+    tool_runner: RunningToolRunner,
+) -> None:
+    result = await tool_runner.execute("calculator", {"expression": "1" * 5000})
+    assert result.error.code == INVALID
+    assert "is too long" in result.error.message

@@ -15,6 +15,9 @@ from lamps.tool_runner.tools.emulated import (
     builtin_emulated_tools,
     output_text,
 )
+from lamps.v1 import common_pb2
+from lamps.v1 import tool_runner_pb2 as pb
+from tests.tool_runner.conftest import TIME_SCALE, RunningToolRunner
 
 SAMPLES = 20_000
 # Standard errors allowed either way; with a fixed seed the test is deterministic, and 4 standard
@@ -76,3 +79,53 @@ async def test_an_explicit_duration_replaces_the_draw_and_is_scaled() -> None:
     text = await tool.call({"duration_seconds": 36_000, "output_tokens": 4})
     assert text == "the result of this"
     assert await tool.call({}) == output_text(MEAN_TOOL_OUTPUT_TOKENS)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("duration_mean_seconds", 0.0, "duration_mean_seconds must be a positive number"),
+        ("duration_std_seconds", -1.0, "duration_std_seconds must not be negative"),
+        ("output_tokens", 10**6, "output_tokens must be 0 to 8192"),
+    ],
+)
+def test_a_profile_refuses_unusable_values(field: str, value: float, message: str) -> None:
+    values: dict[str, float] = {
+        "duration_mean_seconds": 1.0,
+        "duration_std_seconds": 0.5,
+        field: value,
+    }
+    with pytest.raises(ValueError, match=message):
+        EmulatedProfile(name="x", description="", **values)  # type: ignore[arg-type]
+
+
+async def test_an_emulated_call_through_the_server_sleeps_the_scaled_duration(
+    tool_runner: RunningToolRunner,
+) -> None:
+    duration = 5.0
+    result = await tool_runner.execute("emulated.qa", {"duration_seconds": duration, "q": "why"})
+    assert result.error.code == common_pb2.TOOL_ERROR_CODE_UNSPECIFIED
+    assert result.output == output_text(MEAN_TOOL_OUTPUT_TOKENS)
+    # It slept the scaled duration, not the trace's: the runner runs at TIME_SCALE.
+    assert duration * TIME_SCALE <= result.duration_seconds < duration
+
+
+async def test_a_declared_emulated_tool_is_listed_and_called(
+    tool_runner: RunningToolRunner,
+) -> None:
+    listed = await tool_runner.stub.ListTools(pb.ListToolsRequest(), timeout=10)
+    search = next(tool for tool in listed.tools if tool.name == "search")
+    assert search.source == pb.TOOL_SOURCE_CONFIG
+    assert "A made-up search API" in search.description
+    result = await tool_runner.execute("search", {"query": "lamps"})
+    assert len(result.output.split(" ")) == 7
+
+
+async def test_an_emulated_duration_past_the_timeout_times_out(
+    tool_runner: RunningToolRunner,
+) -> None:
+    result = await tool_runner.execute(
+        "emulated.image_generation", {"duration_seconds": 3000}, timeout_seconds=0.1
+    )
+    assert result.error.code == common_pb2.TOOL_ERROR_CODE_TIMEOUT
+    assert "did not answer within 0.1 s" in result.error.message

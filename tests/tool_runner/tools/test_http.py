@@ -11,6 +11,7 @@ import pytest
 from lamps.tool_runner.errors import ToolFailure
 from lamps.tool_runner.tools.http import AllowRule, HttpSettings, HttpTool, IPAddress
 from lamps.v1 import common_pb2
+from tests.tool_runner.conftest import RESPONSE_LIMIT, RunningToolRunner
 
 OK = common_pb2.TOOL_ERROR_CODE_UNSPECIFIED
 INVALID = common_pb2.TOOL_ERROR_CODE_INVALID_ARGUMENTS
@@ -107,3 +108,73 @@ async def test_a_name_that_resolves_to_a_private_address_is_refused_before_conne
             await tool.call({"url": "http://internal.example/secrets"})
     finally:
         await tool.aclose()
+
+
+async def test_fetching_an_allowed_loopback_page(
+    tool_runner: RunningToolRunner, http_site: str
+) -> None:
+    result = await tool_runner.execute("http", {"url": f"{http_site}/text"})
+    assert (result.error.code, result.output) == (OK, "hello from the allowed site")
+
+
+async def test_posting_a_body(tool_runner: RunningToolRunner, http_site: str) -> None:
+    result = await tool_runner.execute(
+        "http", {"url": f"{http_site}/echo", "method": "POST", "body": '{"q": 1}'}
+    )
+    assert result.output == 'posted: {"q": 1}'
+
+
+async def test_a_redirect_inside_the_allowlist_is_followed(
+    tool_runner: RunningToolRunner, http_site: str
+) -> None:
+    result = await tool_runner.execute("http", {"url": f"{http_site}/redirect-in"})
+    assert result.output == "hello from the allowed site"
+
+
+@pytest.mark.parametrize(
+    ("path", "reason"),
+    [
+        ("/redirect-out", "http://example.com is not on the tool runner's allowlist"),
+        ("/redirect-private", "10.0.0.1 resolves to 10.0.0.1 (private address)"),
+        ("/redirect-loop", "more than 3 redirects"),
+        ("/missing", "answered HTTP 404: no such page"),
+        ("/image", "the response is image/png, not text"),
+    ],
+)
+async def test_refused_redirects_and_unusable_answers_are_readable_errors(
+    tool_runner: RunningToolRunner, http_site: str, path: str, reason: str
+) -> None:
+    result = await tool_runner.execute("http", {"url": http_site + path})
+    assert result.error.code == FAILED
+    assert reason in result.error.message
+
+
+async def test_an_oversized_response_is_truncated_at_the_limit(
+    tool_runner: RunningToolRunner, http_site: str
+) -> None:
+    result = await tool_runner.execute("http", {"url": f"{http_site}/big"})
+    assert result.error.code == OK
+    body, note = result.output.rsplit("\n", 1)
+    assert body == "a" * RESPONSE_LIMIT
+    assert note == f"[response truncated at {RESPONSE_LIMIT} bytes]"
+
+
+@pytest.mark.parametrize(
+    ("url", "code", "reason"),
+    [
+        ("https://example.com/", FAILED, "is not on the tool runner's allowlist"),
+        ("http://localhost:1/", FAILED, "is not on the tool runner's allowlist"),
+        ("http://2130706433/", FAILED, "is not on the tool runner's allowlist"),
+        ("http://10.0.0.1/", FAILED, "(private address)"),
+        ("http://169.254.169.254/latest/meta-data/", FAILED, "(link-local address)"),
+        ("file:///etc/passwd", INVALID, "is not an http or https URL"),
+        ("http://user:pw@127.0.0.1/", INVALID, "credentials"),
+        ("not a url", INVALID, "is not an http or https URL"),
+    ],
+)
+async def test_disallowed_and_private_targets_are_refused(
+    tool_runner: RunningToolRunner, url: str, code: int, reason: str
+) -> None:
+    result = await tool_runner.execute("http", {"url": url})
+    assert result.error.code == code
+    assert reason in result.error.message
