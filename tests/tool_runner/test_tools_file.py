@@ -10,6 +10,7 @@ import pytest
 
 from lamps.tool_runner.registry import ToolOverride
 from lamps.tool_runner.tools_file import ToolsFileError, load_tools_file
+from tests.support.processes import REPO_ROOT
 
 EXAMPLE_YAML = """\
 tools:
@@ -105,3 +106,11 @@ def test_mistakes_are_errors_that_name_the_file_and_place(
 def test_an_unreadable_file_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ToolsFileError, match="cannot read the tools file"):
         load_tools_file(tmp_path / "missing.yaml")
+
+
+def test_the_readmes_example_is_a_valid_tools_file(tmp_path: Path) -> None:
+    readme = (REPO_ROOT / "README.md").read_text()
+    example = readme.split("### The tools file", 1)[1].split("```yaml\n", 1)[1].split("```")[0]
+    loaded = load_tools_file(write(tmp_path, example))
+    assert [server.name for server in loaded.mcp_servers] == ["files", "search"]
+    assert "authorization" not in repr(loaded.mcp_servers)

@@ -110,10 +110,11 @@ class McpServerSettings:
     name: str
     command: str | None = None
     args: tuple[str, ...] = ()
-    env: Mapping[str, str] = field(default_factory=dict)
+    # Kept out of repr: environment and headers often carry credentials.
+    env: Mapping[str, str] = field(default_factory=dict, repr=False)
     cwd: str | None = None
     url: str | None = None
-    headers: Mapping[str, str] = field(default_factory=dict)
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
     # Put before each of the server's tool names; None means "<name>.".
     prefix: str | None = None
     # False: a server that cannot be reached at start-up is skipped with a warning.
