@@ -37,6 +37,8 @@ SERVICES = {
     "tool-runner": ["lamps.v1.ToolRunnerService"],
 }
 STANDARD = ["grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"]
+# Services whose own RPCs still answer UNIMPLEMENTED.
+NOT_YET_IMPLEMENTED = {"scheduler", "predictor"}
 
 
 async def health_status(channel: aio.Channel, service: str = "") -> int:
@@ -87,7 +89,7 @@ async def test_service_serves_health_reflection_and_metrics(
         for full_name in SERVICES[name]:
             assert await health_status(channel, full_name) == SERVING
         assert await listed_services(channel) == sorted(SERVICES[name] + STANDARD)
-        if SERVICES[name]:
+        if name in NOT_YET_IMPLEMENTED:
             with pytest.raises(aio.AioRpcError) as caught:
                 await call_first_rpc(name, channel)
             assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
@@ -157,39 +159,41 @@ async def test_internal_services_take_the_token_open_channel_sends(
     name: str, start_service: StartService
 ) -> None:
     service = start_service([name], env={"LAMPS_AUTH_TOKENS": "t0k3n"})
+    allowed = grpc.StatusCode.UNIMPLEMENTED if name in NOT_YET_IMPLEMENTED else grpc.StatusCode.OK
     for token, expected in [
         (None, grpc.StatusCode.UNAUTHENTICATED),
         ("t0k3n-", grpc.StatusCode.UNAUTHENTICATED),
-        ("t0k3n", grpc.StatusCode.UNIMPLEMENTED),
+        ("t0k3n", allowed),
     ]:
         async with open_channel(service.target, token=token) as channel:
-            with pytest.raises(aio.AioRpcError) as caught:
+            try:
                 await call_first_rpc(name, channel)
-        assert caught.value.code() == expected, token
+                code = grpc.StatusCode.OK
+            except aio.AioRpcError as exc:
+                code = exc.code()
+        assert code == expected, token
 
 
 async def test_request_id_is_echoed_and_logged(start_service: StartService) -> None:
-    service = start_service(["tool-runner"])
+    # Successful calls are logged at DEBUG.
+    service = start_service(["tool-runner", "--log-level", "DEBUG"])
     async with aio.insecure_channel(service.target) as channel:
         stub = tool_runner_pb2_grpc.ToolRunnerServiceStub(channel)
         call = stub.ListTools(
             tool_runner_pb2.ListToolsRequest(), metadata=(("x-request-id", "req-42"),), timeout=5
         )
-        with pytest.raises(aio.AioRpcError):
-            await call
+        await call
         assert ("x-request-id", "req-42") in tuple(await call.trailing_metadata())
         # Without one, the server makes one up and still says which.
         call = stub.ListTools(tool_runner_pb2.ListToolsRequest(), timeout=5)
-        with pytest.raises(aio.AioRpcError):
-            await call
+        await call
         generated = dict(await call.trailing_metadata())["x-request-id"]
         assert len(generated) == 32
         # A hostile, huge id is cut before it reaches the logs.
         call = stub.ListTools(
             tool_runner_pb2.ListToolsRequest(), metadata=(("x-request-id", "x" * 4000),), timeout=5
         )
-        with pytest.raises(aio.AioRpcError):
-            await call
+        await call
         assert dict(await call.trailing_metadata())["x-request-id"] == "x" * 128
     logged = {r.get("request_id") for r in service.records() if r.get("logger") == "lamps.rpc"}
     assert {"req-42", generated} <= logged
