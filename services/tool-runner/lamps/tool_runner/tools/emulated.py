@@ -74,7 +74,7 @@ class DurationSampler:
             profile.duration_mean_seconds, profile.duration_std_seconds
         )
         # Benchmark noise, not security: a seeded, reproducible generator is the point.
-        self._rng = random.Random(f"{seed}:{profile.name}")  # noqa: S311
+        self._rng = random.Random(f"{seed}:{profile.name}")
 
     def sample(self) -> float:
         return self._rng.lognormvariate(self._mu, self._sigma)
