@@ -16,7 +16,7 @@ from lamps.model.tools import ToolKind
 from lamps.model.workload import Arrival, RequestSpec, SegmentSpec, ToolCallSpec
 from lamps.scheduler.policy import POLICIES, CallView, Decision, EngineView, create_policy
 from lamps.scheduler.policy.policies import Fcfs
-from lamps.simulator.simulator import Job, Placement, Simulator
+from lamps.simulator.simulator import Fit, Job, Placement, Simulator
 
 
 class PreserveAlways(Fcfs):
@@ -168,7 +168,16 @@ def test_lamps_beats_fcfs_on_head_of_line_blocking(policy: str) -> None:
     assert results[policy] < results["infercept"], results
 
 
-def test_a_global_queue_places_by_best_fit_and_uses_every_worker() -> None:
+@pytest.mark.parametrize(("fit", "engines_used"), [(Fit.SPREAD, 2), (Fit.BEST, 1)])
+def test_a_global_queue_spreads_or_packs_requests_by_free_kv(fit: Fit, engines_used: int) -> None:
+    cost = get_profile("gptj-6b-a100").with_kv_tokens(4000)
+    simulator = Simulator(create_policy("fcfs", cost), cost, workers=2, fit=fit)
+    arrivals = [Arrival(0.0, f"r{i}", spec(f"r{i}", 300, [(5, 0.0, 0)])) for i in range(2)]
+    simulator.run(arrivals)
+    assert sum(engine.iteration > 0 for engine in simulator.engines) == engines_used
+
+
+def test_a_global_queue_uses_every_worker_under_load() -> None:
     cost = get_profile("gptj-6b-a100").with_kv_tokens(4000)
     simulator = Simulator(create_policy("lamps", cost), cost, workers=3)
     jobs = simulator.run(head_of_line_workload())

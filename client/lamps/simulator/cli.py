@@ -16,7 +16,7 @@ from lamps.model.workload import BUNDLED_TRACES, TraceError, load_trace
 from lamps.scheduler.policy import DEFAULT_STARVATION_THRESHOLD, POLICIES
 from lamps.simulator.report import plot_against_rate, tables_by_rate, write_json
 from lamps.simulator.runner import Progress, Scenario, simulate_grid
-from lamps.simulator.simulator import Placement
+from lamps.simulator.simulator import Fit, Placement
 
 DEFAULT_POLICIES = "fcfs,infercept,sjf,lamps,lamps-plus,oracle-lamps"
 
@@ -45,6 +45,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=[placement.value for placement in Placement],
         help="one global ranked queue with best-fit placement, or a round-robin router in "
         "front of per-worker queues",
+    )
+    parser.add_argument(
+        "--fit",
+        default=Fit.SPREAD.value,
+        choices=[fit.value for fit in Fit],
+        help="with a global queue, give each request to the worker with the most free KV "
+        "(spread) or the least that fits (best)",
     )
     parser.add_argument(
         "--prediction-error",
@@ -76,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
         f"{scenario.trace.name} on {scenario.workers} x {scenario.cost.name} "
         f"({scenario.cost.kv_capacity_tokens} KV tokens), {scenario.duration_s:g} s of arrivals, "
         f"seed {scenario.seed}, {scenario.placement.value} placement"
+        + (f" ({scenario.fit.value} fit)" if scenario.placement is Placement.GLOBAL else "")
     )
     print(tables_by_rate(results))
     print(f"\n{len(results)} runs in {time.perf_counter() - started:.1f} s")
@@ -85,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
         "kv_tokens": scenario.cost.kv_capacity_tokens,
         "workers": scenario.workers,
         "placement": scenario.placement.value,
+        "fit": scenario.fit.value,
         "duration_s": scenario.duration_s,
         "seed": scenario.seed,
     }
@@ -131,6 +140,7 @@ def _scenario(args: argparse.Namespace) -> tuple[Scenario, list[str], list[float
         seed=args.seed,
         workers=args.workers,
         placement=Placement(args.placement),
+        fit=Fit(args.fit),
         prediction_error_pct=args.prediction_error,
         starvation_threshold=args.starvation_threshold,
     )

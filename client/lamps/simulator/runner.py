@@ -12,7 +12,7 @@ from lamps.model.workload import Trace, poisson_arrivals
 from lamps.scheduler.policy import DEFAULT_STARVATION_THRESHOLD, create_policy
 from lamps.simulator.metrics import RunResult, summarize
 from lamps.simulator.predictors import PaperPredictor
-from lamps.simulator.simulator import Placement, Simulator
+from lamps.simulator.simulator import Fit, Placement, Simulator
 
 Progress = Callable[[str, float], None]
 
@@ -27,6 +27,7 @@ class Scenario:
     seed: int = 0
     workers: int = 1
     placement: Placement = Placement.GLOBAL
+    fit: Fit = Fit.SPREAD
     prediction_error_pct: float = 0.0
     starvation_threshold: int | None = DEFAULT_STARVATION_THRESHOLD
     max_batched_tokens: int | None = None
@@ -43,6 +44,7 @@ def simulate(scenario: Scenario, policy_name: str, rate: float) -> RunResult:
         predictor=PaperPredictor(error_pct=scenario.prediction_error_pct, seed=scenario.seed),
         workers=scenario.workers,
         placement=scenario.placement,
+        fit=scenario.fit,
         max_batched_tokens=scenario.max_batched_tokens,
     )
     started = time.perf_counter()

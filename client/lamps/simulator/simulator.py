@@ -35,6 +35,13 @@ class Placement(enum.StrEnum):
     ROUND_ROBIN = "round-robin"
 
 
+class Fit(enum.StrEnum):
+    """Which worker a global queue gives the next request to, among those it fits."""
+
+    SPREAD = "spread"  # the most free KV: work spreads, iterations stay short
+    BEST = "best"  # the least free KV that fits: packs, leaving room for large requests
+
+
 class _Kind(enum.IntEnum):
     # Order breaks ties at equal times: finish iterations before new work arrives.
     STEP = 0
@@ -87,6 +94,7 @@ class Simulator:
         predictor: Predictor | None = None,
         workers: int = 1,
         placement: Placement = Placement.GLOBAL,
+        fit: Fit = Fit.SPREAD,
         max_batched_tokens: int | None = None,
     ) -> None:
         if workers < 1:
@@ -95,6 +103,7 @@ class Simulator:
         self.cost = cost
         self.predictor = predictor if predictor is not None else PaperPredictor()
         self.placement = placement
+        self.fit = fit
         self.engines = [EngineModel(cost, max_batched_tokens) for _ in range(workers)]
         queues = 1 if placement is Placement.GLOBAL else workers
         self.queues = [RankedQueue[Job](policy.starvation_threshold) for _ in range(queues)]
@@ -333,13 +342,11 @@ class Simulator:
             return job.engine if self.engines[job.engine].fits(job.seq) else None
         if len(self.queues) > 1:
             return queue_index if self.engines[queue_index].fits(job.seq) else None
-        best: int | None = None
-        for index, engine in enumerate(self.engines):
-            if engine.fits(job.seq) and (
-                best is None or engine.free_tokens < self.engines[best].free_tokens
-            ):
-                best = index
-        return best
+        fitting = [index for index, engine in enumerate(self.engines) if engine.fits(job.seq)]
+        if not fitting:
+            return None
+        sign = 1 if self.fit is Fit.BEST else -1
+        return min(fitting, key=lambda index: sign * self.engines[index].free_tokens)
 
     def _engine_for_view(self, queue_index: int) -> EngineModel:
         if len(self.queues) > 1:
