@@ -37,6 +37,13 @@ SERVICES = {
     "tool-runner": ["lamps.v1.ToolRunnerService"],
 }
 STANDARD = ["grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"]
+# What an empty call of each service's first RPC gets once it reaches the servicer: services
+# that have landed refuse it as invalid, the others are not implemented yet.
+REACHED = {
+    "scheduler": grpc.StatusCode.UNIMPLEMENTED,
+    "predictor": grpc.StatusCode.INVALID_ARGUMENT,
+    "tool-runner": grpc.StatusCode.UNIMPLEMENTED,
+}
 
 
 async def health_status(channel: aio.Channel, service: str = "") -> int:
@@ -90,8 +97,9 @@ async def test_service_serves_health_reflection_and_metrics(
         if SERVICES[name]:
             with pytest.raises(aio.AioRpcError) as caught:
                 await call_first_rpc(name, channel)
-            assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
-            assert "not available in this release" in (caught.value.details() or "")
+            assert caught.value.code() == REACHED[name]
+            if REACHED[name] == grpc.StatusCode.UNIMPLEMENTED:
+                assert "not available in this release" in (caught.value.details() or "")
     metrics = scrape(service)
     assert 'grpc_server_handled_total{grpc_code="OK",grpc_method="Check"' in metrics
     assert "process_cpu_seconds_total" in metrics
@@ -160,7 +168,7 @@ async def test_internal_services_take_the_token_open_channel_sends(
     for token, expected in [
         (None, grpc.StatusCode.UNAUTHENTICATED),
         ("t0k3n-", grpc.StatusCode.UNAUTHENTICATED),
-        ("t0k3n", grpc.StatusCode.UNIMPLEMENTED),
+        ("t0k3n", REACHED[name]),
     ]:
         async with open_channel(service.target, token=token) as channel:
             with pytest.raises(aio.AioRpcError) as caught:

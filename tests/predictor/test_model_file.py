@@ -102,3 +102,9 @@ def test_the_within_one_choice_picks_the_middle_of_the_most_likely_neighbours() 
     # Bin 0 is the likeliest single bin, but bins 2-4 together hold more.
     probabilities = torch.tensor([[0.3, 0.0, 0.25, 0.2, 0.25]])
     assert within_one_bin_choice(probabilities).tolist() == [3]
+
+
+def test_a_confident_bin_is_chosen_over_its_neighbours() -> None:
+    probabilities = torch.zeros(1, 50)
+    probabilities[0, 1] = 1.0
+    assert within_one_bin_choice(probabilities).tolist() == [1]

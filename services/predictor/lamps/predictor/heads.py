@@ -79,6 +79,9 @@ class Heads(nn.Module):
         return HeadOutputs(self.pre_call(hidden), self.tool(hidden), self.post_call(hidden))
 
 
+_TIE_BREAK = 1e-3
+
+
 def within_one_bin_choice(probabilities: torch.Tensor) -> torch.Tensor:
     """For each row of bin probabilities, the bin whose neighbourhood (itself +-1) is most likely.
 
@@ -88,4 +91,6 @@ def within_one_bin_choice(probabilities: torch.Tensor) -> torch.Tensor:
     """
     window = torch.ones(1, 1, 3, dtype=probabilities.dtype)
     mass = nn.functional.conv1d(probabilities.unsqueeze(1), window, padding=1).squeeze(1)
-    return mass.argmax(dim=-1)
+    # When one bin holds nearly all the mass, it and both neighbours tie on window mass; the small
+    # share of the bin's own probability breaks the tie in its favour.
+    return (mass + _TIE_BREAK * probabilities).argmax(dim=-1)
