@@ -4,6 +4,7 @@ lamps scheduler serve --port 50051
 lamps worker serve
 lamps predictor serve
 lamps tool-runner serve
+lamps predictor train --trace fireact --backbone PATH --json report.json
 """
 
 from __future__ import annotations
@@ -56,6 +57,28 @@ SERVICES = (
     ),
 )
 
+
+@dataclass(frozen=True)
+class ActionCommand:
+    """`lamps <service> <name>`: a command beside `serve`, loaded only when used."""
+
+    name: str
+    help: str
+    add_arguments: str  # "module:function(parser)"
+    run: str  # "module:function(args) -> exit status"
+
+
+ACTIONS = {
+    "predictor": (
+        ActionCommand(
+            "train",
+            "train the predictor's heads on a trace and report their accuracy",
+            "lamps.predictor.cli:add_arguments",
+            "lamps.predictor.cli:run",
+        ),
+    ),
+}
+
 # Commands announced in --help whose implementation has not landed in this release.
 PLANNED = {
     "up": "start the whole system on this machine",
@@ -65,7 +88,6 @@ PLANNED = {
     "simulate": "compare policies on a trace in virtual time",
     "models": "prepare model weights (for example SmolLM2-135M for a CPU worker)",
 }
-PLANNED_SERVICE_COMMANDS = {"predictor": {"train": "train the predictor's heads on a trace"}}
 
 
 def _load(ref: str) -> Any:
@@ -110,9 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
         )
         cfg.add_arguments(serve, _load(command.config))
         serve.set_defaults(run=_serve(command), parser=serve)
-        for action, text in PLANNED_SERVICE_COMMANDS.get(command.name, {}).items():
-            planned = actions.add_parser(action, help=f"{text} [not yet available]")
-            planned.set_defaults(run=_not_yet(f"{command.name} {action}"))
+        for action in ACTIONS.get(command.name, ()):
+            sub = actions.add_parser(action.name, help=action.help)
+            _load(action.add_arguments)(sub)
+            sub.set_defaults(run=_load(action.run))
     for name, text in PLANNED.items():
         planned = commands.add_parser(name, help=f"{text} [not yet available]")
         planned.set_defaults(run=_not_yet(name))
