@@ -97,13 +97,15 @@ def embed_prompts(
     cached = cache_dir / f"embeddings-{key.hexdigest()[:24]}.safetensors" if cache_dir else None
     if cached is not None and cached.is_file():
         return load_file(str(cached))["features"]
+    # Embedded shortest first, so that each pass pads its prompts to similar lengths.
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    features = torch.empty((len(prompts), backbone.hidden_size))
     step = 64
-    parts = []
-    for start in range(0, len(prompts), step):
-        parts.append(backbone.embed(prompts[start : start + step]))
+    for start in range(0, len(order), step):
+        chosen = order[start : start + step]
+        features[torch.tensor(chosen)] = backbone.embed([prompts[i] for i in chosen])
         if progress is not None:
             progress(min(start + step, len(prompts)), len(prompts))
-    features = torch.cat(parts) if parts else torch.empty((0, backbone.hidden_size))
     if cached is not None:
         cached.parent.mkdir(parents=True, exist_ok=True)
         save_file({"features": features.contiguous()}, str(cached))
