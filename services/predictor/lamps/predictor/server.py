@@ -118,6 +118,14 @@ class Predictor:
             for i, out in zip(inputs, outputs, strict=True)
         ]
 
+    async def record(self, outcomes: Sequence[pb.Outcome]) -> None:
+        """Fold validated outcomes into the duration statistics."""
+        for outcome in outcomes:
+            if outcome.tool:
+                await self.durations.observe(outcome.tool, outcome.call_duration_seconds)
+            metrics.OUTCOMES.labels(tool=outcome.tool or NO_TOOL).inc()
+        metrics.publish_durations(self.durations)
+
     def _without_model(self, allowed: list[str]) -> common_pb2.Prediction:
         tool = allowed[0] if len(allowed) == 1 else ""
         return common_pb2.Prediction(
@@ -163,10 +171,14 @@ def _open_model(config: PredictorConfig) -> PredictorModel | None:
             "train one with `lamps predictor train`"
         )
         return None
+    from transformers.utils import logging as transformers_logging
+
     from lamps.predictor.backbone import BackboneError
     from lamps.predictor.inference import open_model
     from lamps.predictor.model_file import ModelFileError
 
+    # Progress bars would break the one-JSON-object-per-line log.
+    transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     try:
         model = open_model(config.model, config.backbone, config.device, config.max_batch)
     except (ModelFileError, BackboneError) as exc:
@@ -242,11 +254,14 @@ class PredictorServicer(pb_grpc.PredictorServiceServicer):
         problem = self._check_outcomes(request.outcomes)
         if problem:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
-        for outcome in request.outcomes:
-            if outcome.tool:
-                await self._predictor.durations.observe(outcome.tool, outcome.call_duration_seconds)
-            metrics.OUTCOMES.labels(tool=outcome.tool or NO_TOOL).inc()
-        metrics.publish_durations(self._predictor.durations)
+        try:
+            await self._predictor.record(request.outcomes)
+        except (RedisError, OSError) as exc:
+            log.exception("cannot store call durations")
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                f"the duration statistics store is unreachable ({exc}); retry later",
+            )
         return pb.ReportOutcomeResponse(accepted=len(request.outcomes))
 
     def _check_outcomes(self, outcomes: Sequence[pb.Outcome]) -> str | None:
