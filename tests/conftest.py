@@ -1,4 +1,4 @@
-"""Shared fixtures: services started as real processes on loopback."""
+"""Shared fixtures: services started as real processes on loopback, and a real Redis."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from tests.support.processes import (
     lamps_command,
     loopback_serve_args,
 )
+from tests.support.redis import RedisProcess, running_redis
 
 
 @pytest.fixture
@@ -62,3 +63,17 @@ def start_service(start_process: StartService) -> StartService:
         return start_process(lamps_command(*loopback_serve_args(service), *extra), env, wait)
 
     return start
+
+
+@pytest.fixture(scope="session")
+def redis_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
+    """One real redis-server for the whole session (see tests/support/redis.py)."""
+    with running_redis(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture
+def redis_server(redis_process: RedisProcess) -> str:
+    """The URL of a real, empty Redis: the session's server, flushed before each test."""
+    redis_process.flush()
+    return redis_process.url

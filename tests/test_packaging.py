@@ -41,5 +41,11 @@ def test_wheel_contains_every_package_and_no_namespace_init(tmp_path: Path) -> N
     }
     assert packages <= names
     assert {"lamps/v1/scheduler_pb2.py", "lamps/v1/scheduler_pb2_grpc.pyi"} <= names
+    # Package data: the agent traces `lamps predictor train --trace fireact` reads, with provenance.
+    assert {
+        "lamps/predictor/data/fireact_agent_traces.jsonl",
+        "lamps/predictor/data/fireact_LICENSE.txt",
+        "lamps/predictor/data/README.md",
+    } <= names
     # `lamps` stays a namespace package, so another distribution could add to it.
     assert "lamps/__init__.py" not in names

@@ -4,6 +4,7 @@ lamps scheduler serve --port 50051
 lamps worker serve
 lamps predictor serve
 lamps tool-runner serve
+lamps predictor train --trace fireact --backbone PATH --json report.json
 """
 
 from __future__ import annotations
@@ -56,6 +57,28 @@ SERVICES = (
     ),
 )
 
+
+@dataclass(frozen=True)
+class Command:
+    """`lamps <name>` or `lamps <service> <name>` (beside `serve`): loaded only when used."""
+
+    name: str
+    help: str
+    add_arguments: str  # "module:function(parser)"
+    run: str  # "module:function(args) -> exit status"
+
+
+ACTIONS = {
+    "predictor": (
+        Command(
+            "train",
+            "train the predictor's heads on a trace and report their accuracy",
+            "lamps.predictor.cli:add_arguments",
+            "lamps.predictor.cli:run",
+        ),
+    ),
+}
+
 # Commands announced in --help whose implementation has not landed in this release.
 PLANNED = {
     "up": "start the whole system on this machine",
@@ -66,19 +89,14 @@ PLANNED = {
 }
 
 
-@dataclass(frozen=True)
-class ToolCommand:
-    """`lamps <name>`: a module with `add_arguments(parser)` and `run(args) -> int`."""
-
-    name: str
-    help: str
-    module: str
-
-
 TOOLS = (
-    ToolCommand("simulate", "compare policies on a trace in virtual time", "lamps.simulator.cli"),
+    Command(
+        "simulate",
+        "compare policies on a trace in virtual time",
+        "lamps.simulator.cli:add_arguments",
+        "lamps.simulator.cli:run",
+    ),
 )
-PLANNED_SERVICE_COMMANDS = {"predictor": {"train": "train the predictor's heads on a trace"}}
 
 
 def _load(ref: str) -> Any:
@@ -123,19 +141,14 @@ def build_parser() -> argparse.ArgumentParser:
         )
         cfg.add_arguments(serve, _load(command.config))
         serve.set_defaults(run=_serve(command), parser=serve)
-        for action, text in PLANNED_SERVICE_COMMANDS.get(command.name, {}).items():
-            planned = actions.add_parser(action, help=f"{text} [not yet available]")
-            planned.set_defaults(run=_not_yet(f"{command.name} {action}"))
+        for action in ACTIONS.get(command.name, ()):
+            sub = actions.add_parser(action.name, help=action.help)
+            _load(action.add_arguments)(sub)
+            sub.set_defaults(run=_load(action.run))
     for tool in TOOLS:
-        module = importlib.import_module(tool.module)
-        command_parser = commands.add_parser(
-            tool.name,
-            help=tool.help,
-            description=module.__doc__,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
-        module.add_arguments(command_parser)
-        command_parser.set_defaults(run=module.run)
+        command_parser = commands.add_parser(tool.name, help=tool.help, description=tool.help)
+        _load(tool.add_arguments)(command_parser)
+        command_parser.set_defaults(run=_load(tool.run))
     for name, text in PLANNED.items():
         planned = commands.add_parser(name, help=f"{text} [not yet available]")
         planned.set_defaults(run=_not_yet(name))

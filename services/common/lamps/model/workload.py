@@ -109,26 +109,34 @@ class TraceError(ValueError):
     """A trace file that cannot be read, with what is wrong and where."""
 
 
+def read_bundled_trace(name: str) -> object:
+    """The parsed JSON of a trace shipped with the package (`BUNDLED_TRACES`)."""
+    if name not in BUNDLED_TRACES:
+        known = ", ".join(BUNDLED_TRACES)
+        raise TraceError(f"no bundled trace {name!r}; bundled traces: {known}")
+    source = resources.files("lamps.model").joinpath(f"traces/{name}.json")
+    return _decode(source.read_text(encoding="utf-8"), name)
+
+
 def load_trace(name_or_path: str | Path) -> Trace:
     """A bundled trace by name (`lamps_single_api`, `infercept_mixed`) or a file in that format."""
     path = Path(name_or_path)
     if str(name_or_path) in BUNDLED_TRACES:
-        source = resources.files("lamps.model").joinpath(f"traces/{name_or_path}.json")
-        text = source.read_text(encoding="utf-8")
         name = str(name_or_path)
-    elif path.is_file():
-        text = path.read_text(encoding="utf-8")
-        name = path.stem
-    else:
+        return parse_trace(name, read_bundled_trace(name))
+    if not path.is_file():
         known = ", ".join(BUNDLED_TRACES)
         raise TraceError(
             f"no trace {str(name_or_path)!r}: name a bundled trace ({known}) or a file"
         )
+    return parse_trace(path.stem, _decode(path.read_text(encoding="utf-8"), path.stem))
+
+
+def _decode(text: str, name: str) -> object:
     try:
-        data = json.loads(text)
+        return json.loads(text)
     except json.JSONDecodeError as error:
         raise TraceError(f"trace {name!r} is not valid JSON: {error}") from None
-    return parse_trace(name, data)
 
 
 def parse_trace(name: str, data: object) -> Trace:
@@ -170,18 +178,19 @@ def _parse_segment(raw: Mapping[str, Any], *, text: bool, last: bool) -> Segment
         duration = float(raw["api_time"])
         if not math.isfinite(duration) or duration < 0:
             raise ValueError(f"api_time must be a non-negative number, got {duration}")
-        if text:
-            returned = count_tokens(raw["api_token"])
-            kind = _text_tool_kind(f"{raw['prompt'][-300:]} {raw['api_token']}", duration)
-        else:
-            returned = int(raw["api_token_length"])
-            kind = nearest_kind(duration)
-        call = ToolCallSpec(kind=kind, duration_s=duration, return_tokens=max(returned, 0))
+        returned = count_tokens(raw["api_token"]) if text else int(raw["api_token_length"])
+        call = ToolCallSpec(
+            kind=segment_tool_kind(raw), duration_s=duration, return_tokens=max(returned, 0)
+        )
     return SegmentSpec(output_tokens=max(output, 1), call=call)
 
 
-def _text_tool_kind(text: str, duration_s: float) -> ToolKind:
-    lowered = text.lower()
+def segment_tool_kind(segment: Mapping[str, Any]) -> ToolKind:
+    """The tool type of a trace segment's call (see the module docstring)."""
+    duration_s = float(segment["api_time"])
+    if "prompt" not in segment:
+        return nearest_kind(duration_s)
+    lowered = f"{segment['prompt'][-300:]} {segment.get('api_token', '')}".lower()
     if "text to speech" in lowered:
         return ToolKind.TEXT_TO_SPEECH
     if "image" in lowered:
