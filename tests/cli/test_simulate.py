@@ -97,6 +97,9 @@ def test_simulate_takes_a_trace_file_and_a_cluster(
         (["--rates", "3,x"], "--rates must be numbers"),
         (["--rates", "0"], "positive arrival rates"),
         (["--kv-tokens", "4"], "at least one block"),
+        (["--workers", "0"], "--workers at least 1"),
+        (["--starvation-threshold", "0"], "--starvation-threshold must be at least 1"),
+        (["--prediction-error", "-5"], "--prediction-error must not be negative"),
     ],
 )
 def test_simulate_refuses_bad_input_with_a_clear_message(

@@ -133,6 +133,10 @@ def _scenario(args: argparse.Namespace) -> tuple[Scenario, list[str], list[float
         raise ValueError(f"unknown policies {unknown}; choose from {', '.join(POLICIES)}")
     if args.duration <= 0 or args.workers < 1:
         raise ValueError("--duration must be positive and --workers at least 1")
+    if args.starvation_threshold < 1:
+        raise ValueError("--starvation-threshold must be at least 1")
+    if args.prediction_error < 0:
+        raise ValueError("--prediction-error must not be negative")
     scenario = Scenario(
         trace=load_trace(args.trace),
         cost=cost,
