@@ -307,3 +307,26 @@ def test_notes_say_how_to_port_forward_and_submit_a_request(tmp_path: Path) -> N
     assert "kubectl --namespace lamps port-forward svc/lamps-scheduler 50051:50051" in notes
     assert "lamps.v1.SchedulerService/Generate" in notes
     assert "secret lamps-auth" in notes
+
+
+def test_restricted_peers_admit_workers_and_the_named_clients_only() -> None:
+    manifests = render(
+        (),
+        (
+            "networkPolicy.clientsFrom[0].namespaceSelector.matchLabels.team=apps",
+            "networkPolicy.metricsFrom[0].namespaceSelector.matchLabels.name=monitoring",
+            "redis.enabled=false",
+            "redis.external.url=redis://redis.example:6379/0",
+        ),
+    )
+    for manifest in manifests:
+        for version in (KUBERNETES_VERSIONS[0], KUBERNETES_VERSIONS[-1]):
+            kubernetes_validate.validate(manifest, version, strict=True)
+    clients, metrics = find(manifests, "NetworkPolicy", "scheduler")["spec"]["ingress"]
+    assert clients["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == (
+        "worker"
+    )
+    assert clients["from"][1] == {"namespaceSelector": {"matchLabels": {"team": "apps"}}}
+    assert metrics["from"] == [{"namespaceSelector": {"matchLabels": {"name": "monitoring"}}}]
+    (container,) = containers(find(manifests, "Deployment", "predictor"))
+    assert {"name": "LAMPS_REDIS_URL", "value": "redis://redis.example:6379/0"} in container["env"]
