@@ -17,9 +17,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from lamps.model.cost import CostModel, get_profile
-from lamps.model.workload import load_trace
+from lamps.model.workload import Trace, load_trace
 from lamps.simulator.metrics import RunResult
 from lamps.simulator.report import plot_against_rate
 from lamps.simulator.runner import Scenario, simulate
@@ -131,50 +132,49 @@ def main() -> int:
     gptj = get_profile("gptj-6b-a100")
     single, mixed = load_trace("lamps_single_api"), load_trace("infercept_mixed")
 
-    def scenario(trace_cost: tuple[object, CostModel], **extra: object) -> Scenario:
-        trace, cost = trace_cost
-        return Scenario(trace, cost, duration_s=args.duration, seed=args.seed, **extra)  # type: ignore[arg-type]
+    def scenario(trace: Trace, cost: CostModel, **extra: Any) -> Scenario:
+        return Scenario(trace, cost, duration_s=args.duration, seed=args.seed, **extra)
 
     sections = [
         Section(
             "single-full",
             "lamps_single_api, GPT-J 6B on one A100 (full KV)",
-            scenario((single, gptj)),
+            scenario(single, gptj),
             SINGLE_RATES,
             [],
         ),
         Section(
             "single-24k",
             "lamps_single_api, GPT-J 6B, KV capped at 24,000 tokens",
-            scenario((single, gptj.with_kv_tokens(24_000))),
+            scenario(single, gptj.with_kv_tokens(24_000)),
             SINGLE_RATES,
             [],
         ),
         Section(
             "single-16k",
             "lamps_single_api, GPT-J 6B, KV capped at 16,000 tokens",
-            scenario((single, gptj.with_kv_tokens(16_000))),
+            scenario(single, gptj.with_kv_tokens(16_000)),
             SINGLE_RATES,
             [],
         ),
         Section(
             "mixed-full",
             "infercept_mixed, GPT-J 6B on one A100 (full KV)",
-            scenario((mixed, gptj)),
+            scenario(mixed, gptj),
             MIXED_RATES,
             [],
         ),
         Section(
             "mixed-40k",
             "infercept_mixed, GPT-J 6B, KV capped at 40,000 tokens",
-            scenario((mixed, gptj.with_kv_tokens(40_000))),
+            scenario(mixed, gptj.with_kv_tokens(40_000)),
             MIXED_RATES,
             [],
         ),
         Section(
             "mixed-vicuna",
             "infercept_mixed, Vicuna-13B on two A100s (InferCept's setup)",
-            scenario((mixed, get_profile("vicuna-13b-a100x2"))),
+            scenario(mixed, get_profile("vicuna-13b-a100x2")),
             MIXED_RATES,
             [],
         ),
@@ -203,7 +203,7 @@ def main() -> int:
         section.results = run_grid(section.scenario, section.rates, progress, POLICIES)
     sweep: list[tuple[int, RunResult]] = []
     for kv in kv_sweep:
-        sweep_scenario = scenario((single, gptj.with_kv_tokens(kv)))
+        sweep_scenario = scenario(single, gptj.with_kv_tokens(kv))
         for policy in POLICIES:
             sweep.append((kv, simulate(sweep_scenario, policy, sweep_rate)))
             progress.tick(f"sweep kv={kv} {policy}")
@@ -212,7 +212,8 @@ def main() -> int:
         for placement, fit in cluster_variants:
             label = placement.value if placement is Placement.ROUND_ROBIN else f"global, {fit}"
             cluster_scenario = scenario(
-                (single, gptj.with_kv_tokens(cluster_kv)),
+                single,
+                gptj.with_kv_tokens(cluster_kv),
                 workers=8,
                 placement=placement,
                 fit=fit,
@@ -223,7 +224,7 @@ def main() -> int:
     errors: list[tuple[float, RunResult]] = []
     for error in ablation:
         error_scenario = replace(
-            scenario((single, gptj.with_kv_tokens(20_000))), prediction_error_pct=error
+            scenario(single, gptj.with_kv_tokens(20_000)), prediction_error_pct=error
         )
         for policy in ("lamps", "lamps-plus"):
             errors.append((error, simulate(error_scenario, policy, 5.0)))

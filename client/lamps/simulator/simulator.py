@@ -24,7 +24,6 @@ from lamps.scheduler.policy import (
     EngineView,
     Policy,
     RankedQueue,
-    RequestEstimate,
     RequestView,
 )
 from lamps.simulator.predictors import PaperPredictor, Predictor, truth
@@ -61,6 +60,7 @@ class Job:
     segment: int = 0
     engine: int | None = None
     strategy: Strategy = Strategy.PRESERVE
+    predicted_call_s: float = 0.0
     call_started_s: float = 0.0
     revisit_token: int = 0
     first_token_s: float | None = None
@@ -190,7 +190,6 @@ class Simulator:
         if finished is not None:
             self._handle_iteration(index, finished, now)
         self._admit(now)
-        self._requeue_evicted(index, now)
         iteration = engine.step(now)
         self._requeue_evicted(index, now)
         if iteration is None:
@@ -235,7 +234,7 @@ class Simulator:
         view = CallView(
             context_tokens=job.seq.context_tokens,
             kind=call.kind,
-            predicted_duration_s=self._predicted_duration(job),
+            predicted_duration_s=job.predicted_call_s,
             true_duration_s=call.duration_s,
         )
         decision = self.policy.at_intercept(view, job.strategy, self._view(engine))
@@ -280,7 +279,7 @@ class Simulator:
         view = CallView(
             context_tokens=job.seq.context_tokens,
             kind=call.kind,
-            predicted_duration_s=self._predicted_duration(job),
+            predicted_duration_s=job.predicted_call_s,
             elapsed_s=now - job.call_started_s,
             true_duration_s=call.duration_s,
         )
@@ -301,23 +300,19 @@ class Simulator:
         if replan:
             spec, seq = job.arrival.spec, job.seq
             context = seq.context_tokens
+            estimate = self.predictor.estimate(spec, job.segment, context)
+            # The call's duration is predicted with the rest, when the request is queued.
+            job.predicted_call_s = estimate.call.duration_s if estimate.call is not None else 0.0
             request = RequestView(
                 arrival_s=job.arrival.time_s,
                 enqueued_s=now,
-                estimate=self._estimate(job, context),
+                estimate=estimate,
                 truth=truth(spec, job.segment, context) if self.policy.needs_truth else None,
             )
             plan = self.policy.plan(request, self._view(self._engine_for_view(queue_index)))
             seq.priority = plan.rank
             job.strategy = plan.strategy
         self.queues[queue_index].push(job, job.seq.priority, job.seq.tiebreak)
-
-    def _estimate(self, job: Job, context: int) -> RequestEstimate:
-        return self.predictor.estimate(job.arrival.spec, job.segment, context)
-
-    def _predicted_duration(self, job: Job) -> float:
-        call = self._estimate(job, job.seq.context_tokens).call
-        return call.duration_s if call is not None else 0.0
 
     def _requeue_evicted(self, index: int, now: float) -> None:
         for seq in self.engines[index].take_evicted():

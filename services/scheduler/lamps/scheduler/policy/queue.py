@@ -91,7 +91,7 @@ class RankedQueue(Generic[K]):
         """Every queued key in the order it would be served."""
         self._promote()
         lane = [entry.key for entry in self._starved if entry.live]
-        rest = sorted(entry for entry in self._heap if entry.live and entry.key not in lane)
+        rest = sorted(entry for entry in self._heap if entry.live)
         return lane + [entry.key for entry in rest]
 
     def _head(self) -> _Entry[K] | None:
@@ -113,7 +113,7 @@ class RankedQueue(Generic[K]):
                 return
             self._arrivals.popleft()
             if entry.live:
-                # Leave a dead copy in the heap so the ranked set skips it.
+                # The heap keeps the old entry, dead, so the ranked set skips it.
                 starved = _Entry(entry.rank, entry.tiebreak, entry.sequence, entry.key)
                 entry.live = False
                 self._entries[entry.key] = starved
