@@ -1,0 +1,1 @@
+"""Engines a worker can run: the interface (`base`), `sim` and `vllm`."""
