@@ -67,6 +67,15 @@ _URGENT = ("started", "intercepted", "released", "completed", "failed", "refused
 _ENDS = ("released", "completed", "failed")
 
 
+class StreamEndedError(ConnectionError):
+    """The stream to the scheduler ended with this status."""
+
+    def __init__(self, code: grpc.StatusCode, details: str | None) -> None:
+        super().__init__(f"{code.name}: {details}")
+        self.code = code
+        self.details = details
+
+
 class RegistrationError(ConnectionError):
     """The scheduler answered a Register with something other than Registered."""
 
@@ -252,11 +261,16 @@ class Agent:
                 await self._session()
                 return
             except aio.AioRpcError as exc:
-                self._log_rpc_error(exc)
+                self._log_stream_error(exc.code(), exc.details())
+            except StreamEndedError as exc:
+                self._log_stream_error(exc.code, exc.details)
             except RegistrationError as exc:
                 log.error("the scheduler did not register this worker: %s", exc)
             except ConnectionError as exc:
                 log.warning("lost the scheduler: %s", exc)
+            except Exception:
+                # Whatever it was, a worker that stops reconnecting strands what it holds.
+                log.exception("unexpected error on the stream to the scheduler; reconnecting")
             finally:
                 self._connected = False
                 metrics.CONNECTED.set(0)
@@ -267,8 +281,7 @@ class Agent:
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))
             delay = min(delay * 2, self.config.reconnect_max_seconds)
 
-    def _log_rpc_error(self, exc: aio.AioRpcError) -> None:
-        code = exc.code()
+    def _log_stream_error(self, code: grpc.StatusCode, details: str | None) -> None:
         where = self.config.scheduler_address
         if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
             log.error(
@@ -276,14 +289,12 @@ class Agent:
                 "--cluster-token / LAMPS_CLUSTER_TOKEN",
                 where,
                 code.name,
-                exc.details(),
+                details,
             )
         elif code is grpc.StatusCode.UNAVAILABLE:
-            log.warning("cannot reach the scheduler at %s: %s", where, exc.details())
+            log.warning("cannot reach the scheduler at %s: %s", where, details)
         else:
-            log.warning(
-                "the stream to the scheduler at %s ended: %s %s", where, code.name, exc.details()
-            )
+            log.warning("the stream to the scheduler at %s ended: %s %s", where, code.name, details)
 
     async def _session(self) -> None:
         """One connection: register, then report and obey until it breaks (raises) or, at
@@ -294,7 +305,7 @@ class Agent:
             # No request iterator: the agent writes and reads the stream itself.
             stub: Any = pb_grpc.WorkerGatewayServiceStub(channel)
             call = stub.Connect()
-            await call.write(pb.ConnectRequest(register=self._register_message()))
+            await _send(call, pb.ConnectRequest(register=self._register_message()))
             first = await call.read()
             if first is EOF:
                 raise ConnectionError("the scheduler closed the stream without answering Register")
@@ -368,7 +379,7 @@ class Agent:
             self._publish(kv)
             report = pb.Report(kv=protocol.kv_usage(kv), updates=updates, draining=self._draining)
             try:
-                await call.write(pb.ConnectRequest(report=report))
+                await _send(call, pb.ConnectRequest(report=report))
             except BaseException:
                 # Unsent: they go out again with the journals after the reconnect.
                 self._pending[:0] = updates
@@ -455,6 +466,16 @@ class Agent:
             "refused %s: %s", instruction, text, extra={"request_id": request_id, "code": code.name}
         )
         self._queue(protocol.refused(request_id, instruction, code.value[0], text))
+
+
+async def _send(call: Any, message: pb.ConnectRequest) -> None:
+    """Write to the stream; a stream that already ended says why as a ConnectionError."""
+    try:
+        await call.write(message)
+    except asyncio.InvalidStateError:
+        # grpc.aio reports a write after the call failed this way (under uvloop, often before the
+        # write's own error): ask the call for its status instead.
+        raise StreamEndedError(await call.code(), await call.details()) from None
 
 
 def _describe_refusal(message: pb.ConnectResponse) -> str:
