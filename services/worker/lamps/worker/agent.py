@@ -151,6 +151,9 @@ class Agent:
                         "re-queues the requests concerned",
                         extra={"updates": len(self._pending)},
                     )
+            except Exception:
+                log.exception("the worker did not stop cleanly")
+                raise
             finally:
                 for task in (connection, *self._background):
                     task.cancel()
@@ -175,7 +178,8 @@ class Agent:
         while self.engine.held() and (left := deadline - loop.time()) > 0:
             self._ended.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._ended.wait(), left)
+                # Bounded: another drain may clear the event this one waits on.
+                await asyncio.wait_for(self._ended.wait(), min(left, 0.1))
         handed_back = 0
         for request_id in self.engine.held():
             with contextlib.suppress(UnknownRequestError):  # it ended meanwhile
@@ -237,12 +241,17 @@ class Agent:
         if kind in _URGENT:
             self._flush.set()
 
-    def _resend_journals(self) -> None:
-        """After a (re)registration: everything retained replaces what was waiting to be sent."""
+    def _prune_journals(self) -> None:
+        """Forget requests that ended more than a lease ago: by then the scheduler has either
+        heard of their end or re-queued them."""
         now = asyncio.get_running_loop().time()
         for request_id, journal in list(self._journals.items()):
             if journal.ended_at is not None and now - journal.ended_at > self._lease:
                 del self._journals[request_id]
+
+    def _resend_journals(self) -> None:
+        """After a (re)registration: everything retained replaces what was waiting to be sent."""
+        self._prune_journals()
         self._pending = []
         self._last_pending = {}
         for journal in self._journals.values():
@@ -374,6 +383,7 @@ class Agent:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._flush.wait(), self._interval)
             self._flush.clear()
+            self._prune_journals()
             updates, self._pending, self._last_pending = self._pending, [], {}
             kv = self.engine.kv()
             self._publish(kv)
@@ -448,8 +458,9 @@ class Agent:
                 )
                 return
             spec = protocol.admit_spec(body)
+            if spec.request_id not in engine.held():  # a duplicate keeps its journal
+                self._journals[spec.request_id] = _Journal()
             await engine.admit(spec)
-            self._journals[spec.request_id] = _Journal()
         elif kind == "resume":
             await engine.resume(body.request_id, body.append_text, body.append_tokens)
         elif kind == "pause":
