@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -136,18 +137,29 @@ class Gateway(pb_grpc.WorkerGatewayServiceServicer):
         return [u.refused for u in self.updates(request_id, "refused")]
 
 
+@dataclass(frozen=True)
+class ServerTls:
+    """The harness's certificate, and the CA its clients' certificates must chain to (mTLS)."""
+
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path | None = None
+
+
 class LoopbackGateway(Gateway):
     """The harness served on loopback, guarded by the cluster token; `stop()` ends it at once,
     as a crashed scheduler would, and `start()` brings it back on the same port."""
 
-    def __init__(self, **settings: Any) -> None:
+    def __init__(self, tls: ServerTls | None = None, **settings: Any) -> None:
         super().__init__(**settings)
         self.port = 0
+        self.tls = tls
         self._server: Server | None = None
 
     @property
     def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        # TLS certificates name localhost; plaintext takes the address itself.
+        return f"{'localhost' if self.tls else '127.0.0.1'}:{self.port}"
 
     async def start(self) -> None:
         config = ServerConfig(
@@ -157,6 +169,9 @@ class LoopbackGateway(Gateway):
             metrics_port=0,
             grace_seconds=0.0,
             log_format=LogFormat.TEXT,
+            tls_cert_file=self.tls.cert_file if self.tls else None,
+            tls_key_file=self.tls.key_file if self.tls else None,
+            tls_client_ca_file=self.tls.client_ca_file if self.tls else None,
         )
         service = Service.of(
             pb.DESCRIPTOR.services_by_name["WorkerGatewayService"],

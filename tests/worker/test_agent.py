@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import grpc
 import pytest
@@ -17,7 +18,8 @@ from lamps.v1 import scheduler_pb2 as pb
 from lamps.worker.agent import Agent
 from lamps.worker.config import WorkerConfig
 from lamps.worker.engines.sim import SimEngine
-from tests.worker.gateway import CLUSTER_TOKEN, LoopbackGateway, admit, eventually
+from tests.support.certs import TestCA
+from tests.worker.gateway import CLUSTER_TOKEN, LoopbackGateway, ServerTls, admit, eventually
 
 TOOL = "emulated.math"
 LONG = 1_000_000  # tokens no test waits for: such a request ends only when told to
@@ -281,3 +283,27 @@ async def test_a_wrong_cluster_token_is_logged_and_retried(
     await eventually(lambda: complaints() >= 2)
     assert not agent.registered.is_set()
     assert gateway.connections == []
+
+
+async def test_it_reaches_a_scheduler_over_mutual_tls(tmp_path: Path) -> None:
+    ca = TestCA(tmp_path)
+    server, client = ca.issue("server", server=True), ca.issue("client", server=False)
+    gateway = LoopbackGateway(ServerTls(server.cert, server.key, client_ca_file=ca.pair.cert))
+    await gateway.start()
+    config = WorkerConfig(
+        scheduler_address=gateway.target,
+        cluster_token=CLUSTER_TOKEN,
+        scheduler_ca_file=ca.pair.cert,
+        scheduler_cert_file=client.cert,
+        scheduler_key_file=client.key,
+        drain_seconds=0.0,
+    )
+    agent = Agent(SimEngine(get_profile("gptj-6b-a100"), time_scale=50.0), config)
+    try:
+        async with agent.running():
+            connection = await gateway.connection()
+            await connection.send(admit=admit("tls", [(5, "")]))
+            await gateway.wait(lambda: gateway.ended("tls"))
+            assert len(gateway.tokens("tls")) == 5
+    finally:
+        await gateway.stop()
