@@ -36,8 +36,12 @@ async def gateway() -> AsyncIterator[LoopbackGateway]:
 
 
 @pytest.fixture
-async def make_agent(gateway: LoopbackGateway) -> AsyncIterator[MakeAgent]:
-    """Start an agent on a fresh sim engine against the harness; stopped (drained) at teardown."""
+async def make_agent(
+    gateway: LoopbackGateway, caplog: pytest.LogCaptureFixture
+) -> AsyncIterator[MakeAgent]:
+    """Start an agent on a fresh sim engine against the harness; stopped (drained) at teardown,
+    which must not have lost track of any request."""
+    caplog.set_level(logging.WARNING, logger="lamps.worker.agent")
     async with contextlib.AsyncExitStack() as stack:
 
         async def make(swap: bool = True, scale: float = 50.0, **overrides: object) -> Agent:
@@ -57,6 +61,7 @@ async def make_agent(gateway: LoopbackGateway) -> AsyncIterator[MakeAgent]:
             return agent
 
         yield make
+    assert not [r for r in caplog.records if "without saying how they ended" in r.getMessage()]
 
 
 async def test_it_registers_with_what_its_engine_offers(

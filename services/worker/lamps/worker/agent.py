@@ -201,6 +201,7 @@ class Agent:
             self._ended.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._ended.wait(), min(left, 0.05))
+        log.warning("the engine let requests go without saying how they ended")
 
     # Engine events ------------------------------------------------------------------------------
 
@@ -458,9 +459,15 @@ class Agent:
                 )
                 return
             spec = protocol.admit_spec(body)
-            if spec.request_id not in engine.held():  # a duplicate keeps its journal
+            fresh = spec.request_id not in engine.held()  # a duplicate keeps its journal
+            if fresh:
                 self._journals[spec.request_id] = _Journal()
-            await engine.admit(spec)
+            try:
+                await engine.admit(spec)
+            except EngineError:
+                if fresh:
+                    self._journals.pop(spec.request_id, None)
+                raise
         elif kind == "resume":
             await engine.resume(body.request_id, body.append_text, body.append_tokens)
         elif kind == "pause":
