@@ -34,7 +34,7 @@ log = logging.getLogger("lamps.server")
 
 Lifespan = Callable[[], AbstractAsyncContextManager[None]]
 # Awaited once the server is up; health says NOT_SERVING until it returns (a worker: registered).
-Readiness = Callable[[], Awaitable[None]]
+Readiness = Callable[[], Awaitable[object]]
 
 SERVER_OPTIONS: Sequence[tuple[str, Any]] = (
     *CHANNEL_OPTIONS,
