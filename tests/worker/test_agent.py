@@ -11,6 +11,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from prometheus_client import REGISTRY
 
 from lamps.model.cost import get_profile
 from lamps.v1 import common_pb2
@@ -214,6 +215,7 @@ async def test_after_the_scheduler_restarts_it_re_registers_with_what_it_holds(
         )
     )
     # The scheduler goes away and comes back; the worker keeps generating into its journal.
+    reconnects = REGISTRY.get_sample_value("lamps_worker_reconnects_total") or 0.0
     await gateway.stop()
     await gateway.start()
     second = await gateway.connection(1)
@@ -233,6 +235,7 @@ async def test_after_the_scheduler_restarts_it_re_registers_with_what_it_holds(
     assert len(gateway.distinct("in-tool", "intercepted")) == 1
     assert len(gateway.distinct("in-tool", "started")) == 1
     assert agent.engine.held() == []
+    assert REGISTRY.get_sample_value("lamps_worker_reconnects_total") == reconnects + 1
 
 
 async def test_registered_drop_ids_make_it_let_go(

@@ -221,6 +221,48 @@ async def test_a_swapped_call_can_be_discarded() -> None:
         await harness.close()
 
 
+async def test_swap_falls_back_on_discard_when_cpu_swap_space_is_short() -> None:
+    # Room in CPU memory for 100 tokens of KV: the 500-token context does not fit.
+    engine = SimEngine(cost(cpu_swap_bytes=458_752 * 100), time_scale=FAST)
+    harness = await started(engine)
+    try:
+        assert Strategy.SWAP in engine.strategies
+        spec = AdmitSpec("big", 50, prompt=words(500), replay=call_then(3), strategy=Strategy.SWAP)
+        await engine.admit(spec)
+        events = await harness.until_end("big")
+        called, released = events[-2], events[-1]
+        assert isinstance(called, ToolCalled)
+        assert called.strategy is Strategy.DISCARD
+        assert isinstance(released, Released)
+        assert released.reason is ReleaseReason.DISCARDED
+    finally:
+        await harness.close()
+
+
+async def test_a_resumed_call_preempts_a_lower_ranked_request_for_room() -> None:
+    # 1,000 tokens of KV at the profile's own speed: the filler is far from outgrowing the cache
+    # by itself when the call returns, so only the resume can preempt it.
+    harness = await started(SimEngine(cost(kv_tokens=1000), time_scale=1.0))
+    engine = harness.engine
+    try:
+        spec = AdmitSpec("resumed", 50, rank=1.0, prompt=words(300), replay=call_then(3))
+        await engine.admit(spec)
+        await harness.until("resumed", ToolCalled)
+        filler = AdmitSpec("filler", 5000, rank=2.0, prompt=words(600), replay=replay(5000))
+        await engine.admit(filler)
+        await harness.tokens_at_least("filler", 1)
+        await engine.resume("resumed", append_tokens=300)
+        released = await harness.until("filler", Released)
+        assert isinstance(released, Released)
+        assert released.reason is ReleaseReason.PREEMPTED
+        assert released.generated_tokens < 60  # well before decoding alone would need the room
+        events = await harness.until_end("resumed")
+        assert isinstance(events[-1], Completed)
+        assert len(token_ids(events)) == 7
+    finally:
+        await harness.close()
+
+
 async def test_without_swap_space_swap_is_not_offered_and_is_refused() -> None:
     engine = SimEngine(cost(cpu_swap_bytes=0), time_scale=FAST)
     harness = await started(engine)
