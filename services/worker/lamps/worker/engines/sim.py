@@ -56,6 +56,11 @@ log = logging.getLogger(__name__)
 
 _GENERATING = (Phase.PREFILL, Phase.DECODE, Phase.STOPPED)
 _NO_SEGMENT = synthetic.Segment((), synthetic.Boundary.END)
+# Real seconds the clock may fall behind real time before the lag is forgiven.
+MAX_LAG_S = 0.1
+# Real seconds between token events of a decoding request (a first token and a segment's last go
+# out at once): per-iteration events for a full batch would cost more than the iterations.
+TOKEN_FLUSH_S = 0.01
 
 
 class _State(enum.Enum):
@@ -121,6 +126,7 @@ class SimEngine(Engine):
         self._task: asyncio.Task[None] | None = None
         self._t0 = 0.0
         self._clock = 0.0
+        self._last_flush = 0.0
         self._closed = False
         strategies = {Strategy.PRESERVE, Strategy.DISCARD}
         if cost.cpu_swap_tokens >= cost.block_size:
@@ -272,6 +278,8 @@ class SimEngine(Engine):
         self, request_id: str, reason: ReleaseReason = ReleaseReason.PREEMPTED
     ) -> None:
         req = self._get(request_id)
+        if req.state is _State.RUNNING:
+            self._emit_tokens(req)  # what it generated since the last token event
         self._model.abort(req.seq)
         self._release(req, reason)
         self._wake.set()
@@ -288,7 +296,7 @@ class SimEngine(Engine):
         try:
             while True:
                 self._wake.clear()
-                self._clock = self._now()
+                self._advance_clock()
                 self._admit_waiting()
                 iteration = self._model.step(self._clock)
                 self._release_evicted()
@@ -306,6 +314,17 @@ class SimEngine(Engine):
                 self._drop(req)
                 self._emit(Failed(req.request_id, "the engine failed; see the worker's log"))
             raise
+
+    def _advance_clock(self) -> None:
+        """Keep model time in step with real time. While busy the clock runs ahead by iteration
+        times and the loop sleeps to meet it, so an oversleep (timers have a millisecond's grain)
+        is made up by the next iterations; a lag beyond MAX_LAG_S (a stalled process) is forgiven
+        rather than caught up in a burst. When idle it jumps to now."""
+        real = (asyncio.get_running_loop().time() - self._t0) * self._scale
+        if not self._model.busy:
+            self._clock = max(self._clock, real)
+        else:
+            self._clock = max(self._clock, real - MAX_LAG_S * self._scale)
 
     def _now(self) -> float:
         """Model time: real seconds since start, times the time scale."""
@@ -344,15 +363,21 @@ class SimEngine(Engine):
     def _finish_iteration(self, iteration: Iteration) -> None:
         for seq in iteration.first_tokens:
             req = self._owners.get(id(seq))
-            if req is not None and not req.started:
-                req.started = True
-                self._emit(Started(req.request_id, recomputed_tokens=req.recomputed))
-        for req in list(self._requests.values()):
-            if req.state is _State.RUNNING and req.seq.phase in _GENERATING:
+            if req is not None:
+                if not req.started:
+                    req.started = True
+                    self._emit(Started(req.request_id, recomputed_tokens=req.recomputed))
                 self._emit_tokens(req)
+        real = asyncio.get_running_loop().time()
+        if real - self._last_flush >= TOKEN_FLUSH_S:
+            self._last_flush = real
+            for req in list(self._requests.values()):
+                if req.state is _State.RUNNING and req.seq.phase in _GENERATING:
+                    self._emit_tokens(req)
         for seq in iteration.stopped:
             req = self._owners.get(id(seq))
             if req is not None and seq.phase is Phase.STOPPED:
+                self._emit_tokens(req)
                 self._segment_ended(req)
 
     def _emit_tokens(self, req: _Request) -> None:
@@ -395,6 +420,7 @@ class SimEngine(Engine):
         for seq in self._model.take_evicted():
             req = self._owners.get(id(seq))
             if req is not None:
+                self._emit_tokens(req)
                 self._release(req, ReleaseReason.PREEMPTED)
 
     # Requests ------------------------------------------------------------------------------------
