@@ -20,6 +20,7 @@ from lamps.worker.engines.base import (
     Completed,
     EngineError,
     Failed,
+    FinishReason,
     Released,
     ReleaseReason,
     ReplaySegment,
@@ -420,3 +421,19 @@ async def test_a_closed_engine_refuses_work_and_its_events_end() -> None:
     await harness.close()
     with pytest.raises(EngineError, match="not running"):
         await harness.engine.admit(AdmitSpec("late", 5, prompt=PROMPT))
+
+
+async def test_max_model_len_refuses_longer_prompts_and_stops_generation_there() -> None:
+    harness = await started(SimEngine(cost(), time_scale=FAST, max_model_len=100))
+    try:
+        await harness.engine.admit(AdmitSpec("long", 50, prompt=words(101)))
+        failed = await harness.until("long", Failed)
+        assert isinstance(failed, Failed)
+        assert "at most 100 tokens" in failed.message
+        await harness.engine.admit(AdmitSpec("fits", 50, prompt=words(90), replay=replay(50)))
+        events = await harness.until_end("fits")
+        end = events[-1]
+        assert isinstance(end, Completed)
+        assert (end.reason, end.completion_tokens) == (FinishReason.LENGTH, 10)
+    finally:
+        await harness.close()

@@ -116,7 +116,9 @@ class SimEngine(Engine):
         self._max_running = max_running
         self._seed = seed
         self._model = EngineModel(cost)
-        self._max_context = min(max_model_len or self._model.admit_limit, self._model.admit_limit)
+        # The longest context: the model's limit, and what one request can hold of the cache.
+        fits = self._model.admit_limit - cost.block_size
+        self._max_context = min(max_model_len, fits) if max_model_len else fits
         self._requests: dict[str, _Request] = {}
         self._owners: dict[int, _Request] = {}  # id(Sequence) -> its request
         self._waiting: list[tuple[float, int, int, _Request]] = []
@@ -223,7 +225,7 @@ class SimEngine(Engine):
         req.context.extend(self._appended(req, spec.append_text, spec.append_tokens))
         req.seq.context_tokens = len(req.context)
         req.prompt_tokens = len(req.context)
-        if len(req.context) + self._cost.block_size > self._max_context:
+        if len(req.context) > self._max_context:
             self._emit(Failed(spec.request_id, self._too_long(len(req.context))))
             return
         self._requests[spec.request_id] = req
@@ -450,7 +452,8 @@ class SimEngine(Engine):
 
     def _next_segment(self, req: _Request) -> bool:
         """Plan the tokens up to the next boundary; False if the request ended instead."""
-        budget = req.limit - req.generated
+        # Like vLLM, generation stops at the longest context as at the token limit.
+        budget = min(req.limit - req.generated, self._max_context - len(req.context))
         if budget <= 0 or (req.replaying and not req.replay):
             self._model.abort(req.seq)
             self._complete(req, FinishReason.LENGTH if budget <= 0 else FinishReason.STOP)
@@ -496,7 +499,7 @@ class SimEngine(Engine):
     def _too_long(self, tokens: int) -> str:
         return (
             f"context of {tokens} tokens does not fit this engine: it holds at most "
-            f"{self._max_context - self._cost.block_size} tokens per request"
+            f"{self._max_context} tokens per request"
         )
 
     def _emit(self, event: EngineEvent) -> None:
