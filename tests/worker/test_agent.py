@@ -157,6 +157,7 @@ async def test_bad_instructions_are_refused_without_disturbing_the_others(
     await connection.send(pause=pb.Pause(request_id="busy"))  # no strategy
     await connection.send(resume=pb.Resume(request_id="busy", append_text="not now"))
     await connection.send(admit=pb.Admit(prompt="no id"))
+    await connection.send(admit=admit("odd", [(2, "")], strategy=7))  # type: ignore[arg-type]
     expected = {
         "ghost": [("resume", grpc.StatusCode.NOT_FOUND), ("abort", grpc.StatusCode.NOT_FOUND)],
         "swapper": [("admit", grpc.StatusCode.INVALID_ARGUMENT)],
@@ -166,6 +167,7 @@ async def test_bad_instructions_are_refused_without_disturbing_the_others(
             ("resume", grpc.StatusCode.FAILED_PRECONDITION),
         ],
         "": [("admit", grpc.StatusCode.INVALID_ARGUMENT)],
+        "odd": [("admit", grpc.StatusCode.INVALID_ARGUMENT)],
     }
 
     def refused() -> dict[str, list[tuple[str, grpc.StatusCode]]]:

@@ -61,6 +61,8 @@ DEFAULT_LEASE_S = 30.0
 # At shutdown: how long the last report may wait for a connection, and the close for its answer.
 FINAL_REPORT_S = 10.0
 CLOSE_S = 5.0
+# A scheduler that takes longer than this to answer a Register is treated as unreachable.
+REGISTER_TIMEOUT_S = 30.0
 # The end of a stream read with `read()` (grpc's typing stubs do not declare it).
 EOF: Any = aio.EOF  # type: ignore[attr-defined]
 _URGENT = ("started", "intercepted", "released", "completed", "failed", "refused")
@@ -316,7 +318,12 @@ class Agent:
             stub: Any = pb_grpc.WorkerGatewayServiceStub(channel)
             call = stub.Connect()
             await _send(call, pb.ConnectRequest(register=self._register_message()))
-            first = await call.read()
+            try:
+                first = await asyncio.wait_for(call.read(), REGISTER_TIMEOUT_S)
+            except TimeoutError:
+                raise ConnectionError(
+                    f"no answer to Register within {REGISTER_TIMEOUT_S:g} s"
+                ) from None
             if first is EOF:
                 raise ConnectionError("the scheduler closed the stream without answering Register")
             if first.WhichOneof("message") != "registered":
