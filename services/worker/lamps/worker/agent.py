@@ -26,7 +26,6 @@ import contextlib
 import logging
 import random
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -51,6 +50,7 @@ from lamps.worker.engines.base import (
     UnknownRequestError,
     UnsupportedStrategyError,
 )
+from lamps.worker.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +65,6 @@ CLOSE_S = 5.0
 REGISTER_TIMEOUT_S = 30.0
 # The end of a stream read with `read()` (grpc's typing stubs do not declare it).
 EOF: Any = aio.EOF  # type: ignore[attr-defined]
-_URGENT = ("started", "intercepted", "released", "completed", "failed", "refused")
-_ENDS = ("released", "completed", "failed")
 
 
 class StreamEndedError(ConnectionError):
@@ -82,32 +80,6 @@ class RegistrationError(ConnectionError):
     """The scheduler answered a Register with something other than Registered."""
 
 
-@dataclass
-class _Journal:
-    """Everything reported about one request since this worker took it."""
-
-    updates: list[pb.RequestUpdate] = field(default_factory=list)
-    ended_at: float | None = None
-
-    def add(self, update: pb.RequestUpdate) -> None:
-        _append_merging(self.updates, update)
-
-
-def _append_merging(updates: list[pb.RequestUpdate], update: pb.RequestUpdate) -> None:
-    """Append, merging a token delta into the previous one when they are contiguous."""
-    if updates and update.WhichOneof("update") == "tokens":
-        last = updates[-1]
-        if last.WhichOneof("update") == "tokens":
-            end = last.tokens.start_index + len(last.tokens.token_ids)
-            if end == update.tokens.start_index:
-                last.tokens.token_ids.extend(update.tokens.token_ids)
-                last.tokens.text += update.tokens.text
-                return
-    copy = pb.RequestUpdate()
-    copy.CopyFrom(update)
-    updates.append(copy)
-
-
 class Agent:
     """Drives one engine on behalf of the scheduler (see the module docstring)."""
 
@@ -118,9 +90,7 @@ class Agent:
         self.registered = asyncio.Event()
         self._interval = config.report_interval_seconds
         self._lease = DEFAULT_LEASE_S
-        self._journals: dict[str, _Journal] = {}
-        self._pending: list[pb.RequestUpdate] = []
-        self._last_pending: dict[str, pb.RequestUpdate] = {}
+        self._outbox = Outbox()
         self._flush = asyncio.Event()
         self._ended = asyncio.Event()
         self._draining = False
@@ -144,14 +114,14 @@ class Agent:
                 self._stopping = True
                 self._flush.set()
                 # With no stream and nothing retained, there is nobody to say goodbye to.
-                if self._connected or self._journals:
+                if self._connected or self._outbox.retained:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(asyncio.shield(connection), FINAL_REPORT_S + CLOSE_S)
-                if self._pending:
+                if self._outbox:
                     log.error(
                         "stopping with updates the scheduler may not have: its lease expiry "
                         "re-queues the requests concerned",
-                        extra={"updates": len(self._pending)},
+                        extra={"updates": len(self._outbox)},
                     )
             except Exception:
                 log.exception("the worker did not stop cleanly")
@@ -197,8 +167,7 @@ class Agent:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while (left := deadline - loop.time()) > 0:
-            held = set(self.engine.held())
-            if all(j.ended_at is not None or r in held for r, j in self._journals.items()):
+            if self._outbox.settled(self.engine.held()):
                 return
             self._ended.clear()
             with contextlib.suppress(TimeoutError):
@@ -216,51 +185,15 @@ class Agent:
             raise
 
     def _record(self, event: EngineEvent) -> None:
-        update = protocol.request_update(event)
-        journal = self._journals.setdefault(event.request_id, _Journal())
-        journal.add(update)
-        self._queue(update)
+        now = asyncio.get_running_loop().time()
+        if self._outbox.record(protocol.request_update(event), now):
+            self._flush.set()
         if isinstance(event, Tokens):
             metrics.TOKENS_GENERATED.inc(len(event.token_ids))
         if isinstance(event, Released | Completed | Failed):
-            journal.ended_at = asyncio.get_running_loop().time()
             self._ended.set()
             if isinstance(event, Released):
                 metrics.RELEASED.labels(event.reason.value).inc()
-
-    def _queue(self, update: pb.RequestUpdate) -> None:
-        kind = update.WhichOneof("update")
-        last = self._last_pending.get(update.request_id)
-        if kind == "tokens" and last is not None and last.WhichOneof("update") == "tokens":
-            end = last.tokens.start_index + len(last.tokens.token_ids)
-            if end == update.tokens.start_index:
-                last.tokens.token_ids.extend(update.tokens.token_ids)
-                last.tokens.text += update.tokens.text
-                return
-        copy = pb.RequestUpdate()
-        copy.CopyFrom(update)
-        self._pending.append(copy)
-        self._last_pending[update.request_id] = copy
-        if kind in _URGENT:
-            self._flush.set()
-
-    def _prune_journals(self) -> None:
-        """Forget requests that ended more than a lease ago: by then the scheduler has either
-        heard of their end or re-queued them."""
-        now = asyncio.get_running_loop().time()
-        for request_id, journal in list(self._journals.items()):
-            if journal.ended_at is not None and now - journal.ended_at > self._lease:
-                del self._journals[request_id]
-
-    def _resend_journals(self) -> None:
-        """After a (re)registration: everything retained replaces what was waiting to be sent."""
-        self._prune_journals()
-        self._pending = []
-        self._last_pending = {}
-        for journal in self._journals.values():
-            for update in journal.updates:
-                self._queue(update)
-        self._flush.set()
 
     # The connection -----------------------------------------------------------------------------
 
@@ -370,8 +303,9 @@ class Agent:
         for request_id in registered.drop_request_ids:
             with contextlib.suppress(UnknownRequestError):
                 await self.engine.abort(request_id)
-            self._journals.pop(request_id, None)
-        self._resend_journals()
+            self._outbox.forget(request_id)
+        self._outbox.resend(asyncio.get_running_loop().time(), self._lease)
+        self._flush.set()
         first = not self.registered.is_set()
         self.registered.set()
         self._connected = self._session_registered = True
@@ -391,8 +325,8 @@ class Agent:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._flush.wait(), self._interval)
             self._flush.clear()
-            self._prune_journals()
-            updates, self._pending, self._last_pending = self._pending, [], {}
+            self._outbox.prune(asyncio.get_running_loop().time(), self._lease)
+            updates = self._outbox.take()
             kv = self.engine.kv()
             self._publish(kv)
             report = pb.Report(kv=protocol.kv_usage(kv), updates=updates, draining=self._draining)
@@ -400,9 +334,9 @@ class Agent:
                 await _send(call, pb.ConnectRequest(report=report))
             except BaseException:
                 # Unsent: they go out again with the journals after the reconnect.
-                self._pending[:0] = updates
+                self._outbox.put_back(updates)
                 raise
-            if self._stopping and not self._pending:
+            if self._stopping and not self._outbox:
                 await call.done_writing()
                 return
 
@@ -468,12 +402,12 @@ class Agent:
             spec = protocol.admit_spec(body)
             fresh = spec.request_id not in engine.held()  # a duplicate keeps its journal
             if fresh:
-                self._journals[spec.request_id] = _Journal()
+                self._outbox.open(spec.request_id)
             try:
                 await engine.admit(spec)
             except EngineError:
                 if fresh:
-                    self._journals.pop(spec.request_id, None)
+                    self._outbox.forget(spec.request_id)
                 raise
         elif kind == "resume":
             await engine.resume(body.request_id, body.append_text, body.append_tokens)
@@ -483,14 +417,15 @@ class Agent:
             await engine.preempt(body.request_id)
         else:
             await engine.abort(body.request_id)
-            self._journals.pop(body.request_id, None)
+            self._outbox.forget(body.request_id)
 
     def _refuse(self, request_id: str, instruction: str, code: grpc.StatusCode, text: str) -> None:
         metrics.REFUSED.labels(instruction).inc()
         log.warning(
             "refused %s: %s", instruction, text, extra={"request_id": request_id, "code": code.name}
         )
-        self._queue(protocol.refused(request_id, instruction, code.value[0], text))
+        self._outbox.queue(protocol.refused(request_id, instruction, code.value[0], text))
+        self._flush.set()
 
 
 async def _send(call: Any, message: pb.ConnectRequest) -> None:
