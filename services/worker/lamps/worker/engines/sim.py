@@ -59,8 +59,9 @@ _NO_SEGMENT = synthetic.Segment((), synthetic.Boundary.END)
 # Real seconds the clock may fall behind real time before the lag is forgiven.
 MAX_LAG_S = 0.1
 # Real seconds between token events of a decoding request (a first token and a segment's last go
-# out at once): per-iteration events for a full batch would cost more than the iterations.
-TOKEN_FLUSH_S = 0.01
+# out at once): per-iteration events for a full batch would cost more than the iterations, and
+# the agent batches tokens into reports every report interval anyway.
+TOKEN_FLUSH_S = 0.05
 
 
 class _State(enum.Enum):
