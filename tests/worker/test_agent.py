@@ -317,3 +317,50 @@ async def test_it_reaches_a_scheduler_over_mutual_tls(tmp_path: Path) -> None:
             assert len(gateway.tokens("tls")) == 5
     finally:
         await gateway.stop()
+
+
+async def test_a_discarded_request_continues_on_another_worker_from_its_exact_context(
+    gateway: LoopbackGateway, make_agent: MakeAgent
+) -> None:
+    await make_agent(worker_id="w1")
+    await make_agent(worker_id="w2")
+    await gateway.wait(lambda: len(gateway.connections) == 2)
+    by_id = {c.register.worker_id: c for c in gateway.connections}
+    first = admit("moved", [(5, TOOL), (4, "")], strategy=common_pb2.STRATEGY_DISCARD)
+    await by_id["w1"].send(admit=first)
+    await gateway.wait(lambda: gateway.ended("moved"))
+    (released,) = gateway.distinct("moved", "released")
+    assert released.released.reason == pb.RELEASE_REASON_DISCARDED
+    again = pb.Admit(
+        request_id="moved",
+        context_token_ids=released.released.context_token_ids,
+        append_tokens=3,
+        max_new_tokens=95,
+        generated_tokens=released.released.generated_tokens,
+        replay=common_pb2.Replay(segments=[common_pb2.ReplaySegment(output_tokens=4)]),
+    )
+    await by_id["w2"].send(admit=again)
+    await gateway.wait(lambda: bool(gateway.distinct("moved", "completed")))
+    (completed,) = gateway.distinct("moved", "completed")
+    assert completed.completed.completion_tokens == len(gateway.tokens("moved")) == 9
+    (restarted,) = [u for u in gateway.updates("moved", "started") if u.started.recomputed_tokens]
+    assert restarted.started.recomputed_tokens == len(released.released.context_token_ids)
+
+
+async def test_swap_moves_the_kv_to_cpu_memory_while_the_tool_runs(
+    gateway: LoopbackGateway, make_agent: MakeAgent
+) -> None:
+    await make_agent()
+    connection = await gateway.connection()
+    swapped = admit("swapped", [(5, TOOL), (4, "")], strategy=common_pb2.STRATEGY_SWAP)
+    swapped.prompt = " ".join(f"w{i}" for i in range(2000))
+    await connection.send(admit=swapped)
+    await gateway.wait(lambda: bool(gateway.updates("swapped", "intercepted")))
+    (intercepted,) = gateway.updates("swapped", "intercepted")
+    assert intercepted.intercepted.strategy == common_pb2.STRATEGY_SWAP
+    await gateway.wait(
+        lambda: any(r.kv.cpu_free_blocks < r.kv.cpu_total_blocks for r in connection.reports)
+    )
+    await connection.send(resume=pb.Resume(request_id="swapped", append_tokens=3))
+    await gateway.wait(lambda: gateway.ended("swapped"))
+    assert len(gateway.tokens("swapped")) == 9
