@@ -67,6 +67,21 @@ class TestSimEngineContract(EngineContract):
     """The sim engine holds to the shared engine contract."""
 
 
+@pytest.fixture(scope="module")
+async def no_swap_harness() -> AsyncIterator[EngineHarness]:
+    harness = await started(SimEngine(cost(cpu_swap_bytes=0), time_scale=FAST))
+    yield harness
+    await harness.close()
+
+
+class TestSimEngineWithoutSwapContract(EngineContract):
+    """And so does one without CPU swap space, which must refuse Swap."""
+
+    @pytest.fixture
+    def engine_harness(self, no_swap_harness: EngineHarness) -> EngineHarness:
+        return no_swap_harness
+
+
 @pytest.fixture
 async def small() -> AsyncIterator[EngineHarness]:
     """A sim engine with room for 1,000 tokens of KV: memory binds at once."""
