@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +33,8 @@ from lamps.common.version import package_version
 log = logging.getLogger("lamps.server")
 
 Lifespan = Callable[[], AbstractAsyncContextManager[None]]
+# Awaited once the server is up; health says NOT_SERVING until it returns (a worker: registered).
+Readiness = Callable[[], Awaitable[object]]
 
 SERVER_OPTIONS: Sequence[tuple[str, Any]] = (
     *CHANNEL_OPTIONS,
@@ -81,10 +83,13 @@ class Server:
         services: Sequence[Service],
         *,
         lifespan: Lifespan | None = None,
+        readiness: Readiness | None = None,
     ) -> None:
         self.config = config
         self.services = tuple(services)
         self._lifespan = lifespan
+        self._readiness = readiness
+        self._ready_task: asyncio.Task[None] | None = None
         self._health = AsyncHealthServicer()
         self._resources = AsyncExitStack()
         self._server: aio.Server | None = None
@@ -107,8 +112,12 @@ class Server:
         self.metrics_port = self._metrics.port
         self._server = server
         await server.start()
-        for name in ("", *(s.name for s in self.services)):
-            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if self._readiness is None:
+            await self._set_serving()
+        else:
+            for name in ("", *(s.name for s in self.services)):
+                await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+            self._ready_task = asyncio.create_task(self._serve_when_ready(self._readiness))
         log.info(
             "serving",
             extra={
@@ -119,6 +128,15 @@ class Server:
                 "services": [s.name for s in self.services],
             },
         )
+
+    async def _set_serving(self) -> None:
+        for name in ("", *(s.name for s in self.services)):
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    async def _serve_when_ready(self, readiness: Readiness) -> None:
+        await readiness()
+        await self._set_serving()
+        log.info("ready")
 
     def _build(self) -> aio.Server:
         server = aio.server(
@@ -166,6 +184,8 @@ class Server:
         """Drain: NOT_SERVING, optional delay, finish calls in flight within the grace, close."""
         if self._server is None:
             return
+        if self._ready_task is not None:
+            self._ready_task.cancel()
         await self._health.enter_graceful_shutdown()
         log.info("draining", extra={"grace_seconds": self.config.grace_seconds})
         if self.config.drain_delay_seconds:
@@ -237,12 +257,13 @@ def serve(
     services: Sequence[Service],
     *,
     lifespan: Lifespan | None = None,
+    readiness: Readiness | None = None,
 ) -> int:
     """Configure logging, run the server until a signal, and return the process exit status."""
     configure_logging(name, config.log_level, config.log_format)
     BUILD_INFO.info({"service": name, "version": package_version()})
     log.info("starting", extra={"config": cfg.redacted(config)})
-    server = Server(config, services, lifespan=lifespan)
+    server = Server(config, services, lifespan=lifespan, readiness=readiness)
     try:
         run_async(server.run_until_signal(), config.event_loop)
     except ServerStartError as exc:
