@@ -233,6 +233,11 @@ class VllmEngine(Engine):
         gauge = self._gauge
         return (gauge.prefix_queries, gauge.prefix_hits) if gauge else (0, 0)
 
+    def queue_counts(self) -> tuple[int, int]:
+        """(running, waiting) requests in vLLM's scheduler at its last step."""
+        gauge = self._gauge
+        return (gauge.running, gauge.waiting) if gauge else (0, 0)
+
     def held(self) -> list[str]:
         return list(self._requests)
 
@@ -350,9 +355,11 @@ class VllmEngine(Engine):
             recompute_base=len(spec.context_token_ids),
             segment_start=len(ids),
         )
+        from vllm.exceptions import VLLMClientError
+
         try:
             self._chunk_params(request)  # vLLM validates the sampling parameters here
-        except ValueError as exc:
+        except (ValueError, VLLMClientError) as exc:
             raise EngineError(f"request {request_id}: {exc}") from exc
         self._requests[request_id] = request
         self._open_session(request, ids)
