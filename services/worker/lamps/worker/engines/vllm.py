@@ -1,0 +1,703 @@
+"""The `vllm` engine: vLLM's v1 `AsyncLLM` in this process (DESIGN.md section 7).
+
+Every request runs as a vLLM *streaming-input session*: its first chunk is the prompt, and a chunk
+ends at a tool call (the `</tool_call>` stop token, see `tool_calls`), at the end of a replay
+segment (`max_tokens`), or at the end of the generation. Between chunks vLLM keeps the session's KV
+blocks (`WAITING_FOR_STREAMING_REQ`) and never preempts it, which is Preserve; the tool's output is
+the next chunk. Discard closes the session (its blocks go to the prefix cache) and hands back the
+token-exact context, which a later `admit` continues from as a `TokensPrompt`, reusing whatever
+blocks survived. Swap (CUDA only) closes the session under vLLM's CPU KV offloading, which copies
+the blocks to host memory, and resumes with the full context, which loads them back.
+
+vLLM drops a chunk's last sampled token from the session (it was never computed), so each next
+chunk starts with that token: the session's tokens stay exactly the request's context.
+
+The engine core runs in one child process (AsyncLLM's design; `VLLM_ENABLE_V1_MULTIPROCESSING=0`
+with the "uni" executor keeps the model in that same process instead of a further worker). So
+model steps never block this event loop; start-up and shutdown run in a thread. A program that
+starts this engine needs an `if __name__ == "__main__":` guard: the child is spawned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import json
+import logging
+import os
+import struct
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from lamps.model.strategy import Strategy
+from lamps.worker.engines import tool_calls
+from lamps.worker.engines.base import (
+    AdmitSpec,
+    Completed,
+    DuplicateRequestError,
+    Engine,
+    EngineError,
+    EngineEvent,
+    Failed,
+    FinishReason,
+    KvReport,
+    Released,
+    ReleaseReason,
+    ReplaySegment,
+    Started,
+    Tokens,
+    ToolCalled,
+    UnknownRequestError,
+    UnsupportedStrategyError,
+)
+from lamps.worker.engines.vllm_stats import KvGauge, stat_logger_factory
+
+if TYPE_CHECKING:
+    from vllm.outputs import RequestOutput
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+log = logging.getLogger(__name__)
+
+MIB = 1 << 20
+
+
+class VllmSettings(Protocol):
+    """The WorkerConfig fields the engine reads."""
+
+    @property
+    def model(self) -> str: ...
+    @property
+    def dtype(self) -> str: ...
+    @property
+    def max_model_len(self) -> int: ...
+    @property
+    def kv_cache_bytes(self) -> int: ...
+    @property
+    def block_size(self) -> int: ...
+    @property
+    def max_running(self) -> int: ...
+    @property
+    def swap_space_bytes(self) -> int: ...
+    @property
+    def seed(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class VllmOptions:
+    """How to build the AsyncLLM; zeros mean vLLM's defaults."""
+
+    model: str  # a local folder or a hub id
+    dtype: str = "auto"
+    max_model_len: int = 0
+    kv_cache_bytes: int = 0  # 0: vLLM sizes the cache from free device memory
+    block_size: int = 0  # 0: the platform's default (128 on the CPU)
+    max_running: int = 16
+    swap_space_bytes: int = 0  # CPU memory for Swap (CUDA only); 0: no Swap
+    seed: int = 0
+
+
+def rank_priority(rank: float) -> int:
+    """vLLM's integer priority (lower runs first) with the order of the float rank, exactly."""
+    bits: int = struct.unpack(">q", struct.pack(">d", rank))[0]
+    return bits if bits >= 0 else -(bits & 0x7FFF_FFFF_FFFF_FFFF) - 1
+
+
+def can_offload_kv() -> bool:
+    """Whether this platform supports vLLM's CPU KV offloading (CUDA-alike and XPU only)."""
+    from vllm.platforms import current_platform
+
+    return bool(current_platform.is_cuda_alike() or current_platform.is_xpu())
+
+
+class _State(enum.Enum):
+    RUNNING = "running"  # in a vLLM session that generates
+    PAUSED = "paused"  # in a tool call, its session open (Preserve)
+    SWAPPED = "swapped"  # in a tool call, its session closed with its KV offloaded (Swap)
+
+
+@dataclass(eq=False)
+class _Session:
+    """One vLLM streaming-input request."""
+
+    vllm_id: str
+    inputs: asyncio.Queue[Any]  # StreamingInput chunks; None closes the session
+    kv_tokens: int
+    live: bool = True  # False once the engine has decided its end: later outputs are ignored
+
+
+@dataclass(eq=False)
+class _Request:
+    spec: AdmitSpec
+    priority: int
+    context: list[int]
+    generated: int  # all its generated tokens, before this admission too
+    strategy: Strategy
+    replay: deque[ReplaySegment]
+    recompute_base: int  # context tokens computed before this admission (for Started)
+    state: _State = _State.RUNNING
+    started: bool = False
+    segment_generated: int = 0  # since the last tool call (or this admission)
+    segment_start: int = 0  # index in context of the first token generated since then
+    calls: int = 0
+    text_tail: str = ""  # recent output text, for stop strings
+    session: _Session | None = None
+    chunk: list[int] = field(default_factory=list)
+
+    @property
+    def id(self) -> str:
+        return self.spec.request_id
+
+
+class VllmEngine(Engine):
+    """A vLLM replica in this process; see the module docstring."""
+
+    name = "vllm"
+
+    def __init__(self, options: VllmOptions) -> None:
+        if options.max_running < 1:
+            raise ValueError(f"max_running must be at least 1, got {options.max_running}")
+        self.options = options
+        self._swap = options.swap_space_bytes > 0 and can_offload_kv()
+        if options.swap_space_bytes > 0 and not self._swap:
+            log.warning("swap space ignored: vLLM offloads KV to CPU memory only on CUDA or XPU")
+        self._llm: AsyncLLM | None = None
+        self._tokenizer: Any = None
+        self._markers: tool_calls.Markers | None = None
+        self._filler = 0
+        self._max_model_len = 0
+        self._gauge: KvGauge | None = None
+        self._cpu_blocks = 0
+        self._requests: dict[str, _Request] = {}
+        self._admitting: set[str] = set()
+        self._events: asyncio.Queue[EngineEvent | None] = asyncio.Queue()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._sessions = 0
+        self._closed = False
+
+    @classmethod
+    def from_config(cls, config: VllmSettings) -> VllmEngine:
+        return cls(
+            VllmOptions(
+                model=config.model,
+                dtype=config.dtype,
+                max_model_len=config.max_model_len,
+                kv_cache_bytes=config.kv_cache_bytes,
+                block_size=config.block_size,
+                max_running=config.max_running,
+                swap_space_bytes=config.swap_space_bytes,
+                seed=config.seed,
+            )
+        )
+
+    # -- what the agent reads ------------------------------------------------------------------
+
+    @property
+    def model(self) -> str:
+        return self.options.model
+
+    @property
+    def strategies(self) -> frozenset[Strategy]:
+        found = {Strategy.PRESERVE, Strategy.DISCARD}
+        return frozenset(found | {Strategy.SWAP} if self._swap else found)
+
+    @property
+    def max_running(self) -> int:
+        return self.options.max_running
+
+    @property
+    def llm(self) -> AsyncLLM:
+        """The AsyncLLM itself (for benchmarks that call it directly)."""
+        if self._llm is None:
+            raise EngineError("the vllm engine has not been started")
+        return self._llm
+
+    @property
+    def tool_call_markers(self) -> tool_calls.Markers | None:
+        """The `<tool_call>` marker ids when the model's tokenizer has them, else None."""
+        return self._markers
+
+    def kv(self) -> KvReport:
+        if self._gauge is None:
+            raise EngineError("the vllm engine has not been started")
+        swapped = sum(
+            -(-len(r.context) // self._gauge.block_size)
+            for r in self._requests.values()
+            if r.state is _State.SWAPPED
+        )
+        return self._gauge.report(self._cpu_blocks, swapped)
+
+    def prefix_cache(self) -> tuple[int, int]:
+        """Prefix-cache (queried, hit) tokens since start, from vLLM's scheduler stats."""
+        gauge = self._gauge
+        return (gauge.prefix_queries, gauge.prefix_hits) if gauge else (0, 0)
+
+    def queue_counts(self) -> tuple[int, int]:
+        """(running, waiting) requests in vLLM's scheduler at its last step."""
+        gauge = self._gauge
+        return (gauge.running, gauge.waiting) if gauge else (0, 0)
+
+    def held(self) -> list[str]:
+        return list(self._requests)
+
+    async def events(self) -> AsyncIterator[EngineEvent]:
+        while (event := await self._events.get()) is not None:
+            yield event
+
+    # -- life ------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._llm is not None:
+            raise EngineError("the vllm engine is already started")
+        # Read by vLLM when it builds the engine: keep the model in the engine-core process.
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        llm = await asyncio.to_thread(self._build)
+        self._llm = llm
+        tokenizer = await asyncio.to_thread(llm.get_tokenizer)
+        vocab = await asyncio.to_thread(tokenizer.get_vocab)
+        self._tokenizer = tokenizer
+        self._markers = tool_calls.find_markers(vocab)
+        self._filler = (await asyncio.to_thread(tokenizer.encode, " x", add_special_tokens=False))[
+            -1
+        ]
+        config = llm.vllm_config
+        self._max_model_len = int(config.model_config.max_model_len)
+        block_size = int(config.cache_config.block_size)
+        # vLLM's usage counts against num_gpu_blocks - 1: block 0 is its null block.
+        self._gauge = KvGauge(int(config.cache_config.num_gpu_blocks) - 1, block_size)
+        if self._swap:
+            self._cpu_blocks = self.options.swap_space_bytes // _block_bytes(config)
+        log.info(
+            "vllm engine ready",
+            extra={
+                "model": self.options.model,
+                "kv_blocks": self._gauge.total_blocks,
+                "block_size": block_size,
+                "max_model_len": self._max_model_len,
+                "tool_calls": self._markers is not None,
+                "strategies": sorted(self.strategies),
+            },
+        )
+
+    def _build(self) -> AsyncLLM:
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        o = self.options
+        args: dict[str, Any] = {
+            "model": o.model,
+            "dtype": o.dtype,
+            "max_num_seqs": o.max_running,
+            "seed": o.seed,
+            "scheduling_policy": "priority",
+            "distributed_executor_backend": "uni",
+            "enable_prefix_caching": True,
+        }
+        if o.max_model_len:
+            args["max_model_len"] = o.max_model_len
+        if o.kv_cache_bytes:
+            args["kv_cache_memory_bytes"] = o.kv_cache_bytes
+        if o.block_size:
+            args["block_size"] = o.block_size
+        if self._swap:
+            args["kv_offloading_backend"] = "native"
+            args["kv_offloading_size"] = o.swap_space_bytes / (1 << 30)
+        logger = stat_logger_factory(lambda: self._gauge)
+        return AsyncLLM.from_engine_args(AsyncEngineArgs(**args), stat_loggers=[logger])
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        llm = self._llm
+        for request in list(self._requests.values()):
+            await self._drop(request)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if llm is not None:
+            # Stop reading outputs before the engine process goes, or the reader logs its death.
+            handler = llm.output_handler
+            if handler is not None:
+                handler.cancel()
+                await asyncio.gather(handler, return_exceptions=True)
+                llm.output_handler = None
+            await asyncio.to_thread(llm.shutdown)
+        self._events.put_nowait(None)
+
+    # -- the agent's calls -----------------------------------------------------------------------
+
+    async def admit(self, spec: AdmitSpec) -> None:
+        self._check_started()
+        request_id = spec.request_id
+        if request_id in self._requests or request_id in self._admitting:
+            raise DuplicateRequestError(f"request {request_id} is already held by this engine")
+        self._check_strategy(spec.strategy)
+        _check_admission(spec)
+        self._admitting.add(request_id)
+        try:
+            ids = await self._context_of(spec)
+        finally:
+            self._admitting.discard(request_id)
+        if len(ids) >= self._max_model_len:
+            raise EngineError(
+                f"request {request_id} has {len(ids)} context tokens; this model takes at most "
+                f"{self._max_model_len - 1} (max_model_len {self._max_model_len})"
+            )
+        request = _Request(
+            spec=spec,
+            priority=rank_priority(spec.rank),
+            context=ids,
+            generated=spec.generated_tokens,
+            strategy=spec.strategy,
+            replay=deque(spec.replay),
+            recompute_base=len(spec.context_token_ids),
+            segment_start=len(ids),
+        )
+        from vllm.exceptions import VLLMClientError
+
+        try:
+            self._chunk_params(request)  # vLLM validates the sampling parameters here
+        except (ValueError, VLLMClientError) as exc:
+            raise EngineError(f"request {request_id}: {exc}") from exc
+        self._requests[request_id] = request
+        self._open_session(request, ids)
+
+    async def resume(self, request_id: str, append_text: str = "", append_tokens: int = 0) -> None:
+        request = self._get(request_id)
+        if request.state is _State.RUNNING:
+            raise EngineError(f"request {request_id} is not paused in a tool call")
+        appended = await self._encode_appended(append_text, append_tokens)
+        if self._requests.get(request_id) is not request or not _paused(request):
+            raise UnknownRequestError(request_id)  # dropped or resumed while we tokenized
+        last = request.context[-1]
+        request.context.extend(appended)
+        request.segment_start = len(request.context)
+        if request.state is _State.PAUSED and request.session is not None:
+            request.state = _State.RUNNING
+            self._send_chunk(request, request.session, [last, *appended])
+        else:
+            request.state = _State.RUNNING
+            self._open_session(request, list(request.context))
+
+    async def pause(self, request_id: str, strategy: Strategy) -> None:
+        self._check_strategy(strategy)
+        request = self._get(request_id)
+        previous, request.strategy = request.strategy, strategy
+        if request.state is _State.RUNNING or strategy is previous:
+            return
+        if strategy is Strategy.DISCARD:
+            await self._release(request, ReleaseReason.DISCARDED)
+        elif strategy is Strategy.SWAP and request.state is _State.PAUSED:
+            self._end_session(request)
+            request.state = _State.SWAPPED
+        # SWAPPED -> PRESERVE: the KV comes back from CPU memory when the request resumes.
+
+    async def preempt(
+        self, request_id: str, reason: ReleaseReason = ReleaseReason.PREEMPTED
+    ) -> None:
+        await self._release(self._get(request_id), reason)
+
+    async def abort(self, request_id: str) -> None:
+        await self._drop(self._get(request_id))
+
+    # -- sessions --------------------------------------------------------------------------------
+
+    def _open_session(self, request: _Request, prompt: list[int]) -> None:
+        self._sessions += 1
+        session = _Session(f"{request.id}#{self._sessions}", asyncio.Queue(), len(prompt))
+        request.session = session
+        self._send_chunk(request, session, prompt)
+        task = asyncio.create_task(self._run(request, session), name=session.vllm_id)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _send_chunk(self, request: _Request, session: _Session, token_ids: list[int]) -> None:
+        from vllm.engine.protocol import StreamingInput
+        from vllm.inputs import TokensPrompt
+
+        # A copy: vLLM's output processor extends a session's prompt list in place.
+        prompt = TokensPrompt(prompt_token_ids=list(token_ids))
+        session.inputs.put_nowait(StreamingInput(prompt, self._chunk_params(request)))
+
+    def _chunk_params(self, request: _Request) -> Any:
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        sampling = request.spec.sampling
+        max_tokens = request.spec.max_new_tokens - request.generated
+        stop_ids: list[int] = []
+        if request.replay:  # forced lengths: exactly the segment's tokens, EOS or not
+            left = request.replay[0].output_tokens - request.segment_generated
+            max_tokens = min(max_tokens, left)
+        elif self._markers is not None:
+            stop_ids = [self._markers.close_id]
+        return SamplingParams(
+            max_tokens=max_tokens,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            seed=sampling.seed,
+            stop_token_ids=stop_ids,
+            ignore_eos=bool(request.replay),
+            output_kind=RequestOutputKind.DELTA,
+        )
+
+    async def _run(self, request: _Request, session: _Session) -> None:
+        """Streams one session's outputs into events until the session ends."""
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        llm = self.llm
+        last: RequestOutput | None = None
+        try:
+            stream = llm.generate(
+                _chunks(session.inputs),
+                # Each chunk carries its own parameters; these set how outputs queue up
+                # (deltas merge while this task is busy: none is lost).
+                SamplingParams(max_tokens=1, output_kind=RequestOutputKind.DELTA),
+                session.vllm_id,
+                priority=request.priority,
+            )
+            async for out in stream:
+                last = out
+                if session.live:
+                    self._on_output(request, session, out)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # vLLM refused or failed the request: it alone fails
+            log.exception("vllm request failed", extra={"request_id": request.id})
+            if session.live:
+                self._finish(request, Failed(request.id, f"vLLM failed the request: {exc!r}"))
+        finally:
+            if self._gauge is not None:
+                self._gauge.ended(session.kv_tokens)
+        if session.live:  # vLLM ended the session on its own
+            reason = last.outputs[0].finish_reason if last and last.outputs else None
+            if reason == "length":  # the model's context is full
+                self._complete(request, FinishReason.LENGTH)
+            else:
+                self._finish(request, Failed(request.id, f"vLLM ended the request ({reason})"))
+
+    def _on_output(self, request: _Request, session: _Session, out: RequestOutput) -> None:
+        output = out.outputs[0]
+        if not request.started:
+            request.started = True
+            cached = out.num_cached_tokens or 0
+            self._emit(Started(request.id, max(0, request.recompute_base - cached)))
+        new = list(output.token_ids)
+        if new:
+            start = request.generated
+            request.context.extend(new)
+            request.generated += len(new)
+            request.segment_generated += len(new)
+            session.kv_tokens = len(request.context)
+            self._emit(Tokens(request.id, tuple(new), output.text, start))
+            if self._hit_stop_string(request, output.text):
+                self._abort_session(session)
+                self._complete(request, FinishReason.STOP)
+                return
+        if output.finish_reason is None or out.finished:
+            return  # more to come, or vLLM ended it (handled when the stream ends)
+        self._chunk_ended(request, session)
+
+    def _chunk_ended(self, request: _Request, session: _Session) -> None:
+        """The session waits for its next chunk: a tool call, the end, or more to generate."""
+        if request.generated >= request.spec.max_new_tokens:
+            self._complete(request, FinishReason.LENGTH)
+        elif request.replay:
+            segment = request.replay[0]
+            if request.segment_generated < segment.output_tokens:
+                self._send_chunk(request, session, [request.context[-1]])
+            elif segment.tool:
+                arguments = {
+                    "duration_seconds": segment.tool_duration_s,
+                    "output_tokens": segment.tool_output_tokens,
+                }
+                request.replay.popleft()
+                self._tool_call(request, tool_calls.ToolCall(segment.tool, json.dumps(arguments)))
+            else:
+                self._complete(request, FinishReason.STOP)  # the end of the script
+        # The last token says why, not stop_reason: vLLM keeps a session's first stop_reason.
+        elif self._markers is not None and request.context[-1] == self._markers.close_id:
+            call = self._parse_call(request)
+            if call is None:  # a malformed call is text: go on generating
+                self._send_chunk(request, session, [request.context[-1]])
+            else:
+                self._tool_call(request, call)
+        else:
+            self._complete(request, FinishReason.STOP)  # end of sequence
+
+    def _parse_call(self, request: _Request) -> tool_calls.ToolCall | None:
+        assert self._markers is not None
+        generated = request.context[request.segment_start :]
+        span = tool_calls.call_span(generated, self._markers)
+        if span is None:
+            return None
+        body = self._tokenizer.decode(generated[span[0] : span[1]], skip_special_tokens=False)
+        return tool_calls.parse_call(body)
+
+    def _tool_call(self, request: _Request, call: tool_calls.ToolCall) -> None:
+        request.calls += 1
+        request.segment_generated = 0
+        request.state = _State.PAUSED
+        self._emit(
+            ToolCalled(
+                request_id=request.id,
+                call_id=f"{request.id}/call-{request.calls}",
+                name=call.name,
+                arguments_json=call.arguments_json,
+                context_tokens=len(request.context),
+                strategy=request.strategy,
+            )
+        )
+        if request.strategy is Strategy.DISCARD:
+            self._end_session(request)
+            self._hand_back(request, ReleaseReason.DISCARDED)
+        elif request.strategy is Strategy.SWAP:
+            self._end_session(request)
+            request.state = _State.SWAPPED
+
+    # -- ending ----------------------------------------------------------------------------------
+
+    def _end_session(self, request: _Request) -> None:
+        """Closes a session waiting for input: vLLM frees (or offloads) its blocks."""
+        session, request.session = request.session, None
+        if session is not None and session.live:
+            session.live = False
+            session.inputs.put_nowait(None)
+
+    def _abort_session(self, session: _Session) -> None:
+        """Stops a session mid-generation; vLLM frees its blocks."""
+        if not session.live:
+            return
+        session.live = False
+        task = asyncio.create_task(self.llm.abort(session.vllm_id))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _stop(self, request: _Request) -> None:
+        if request.session is None:
+            return
+        if request.state is _State.PAUSED:
+            self._end_session(request)
+        else:
+            session, request.session = request.session, None
+            self._abort_session(session)
+
+    async def _release(self, request: _Request, reason: ReleaseReason) -> None:
+        self._stop(request)
+        self._hand_back(request, reason)
+
+    async def _drop(self, request: _Request) -> None:
+        self._requests.pop(request.id, None)
+        self._stop(request)
+
+    def _hand_back(self, request: _Request, reason: ReleaseReason) -> None:
+        self._finish(
+            request,
+            Released(request.id, reason, tuple(request.context), request.generated),
+        )
+
+    def _complete(self, request: _Request, reason: FinishReason) -> None:
+        self._end_session(request)
+        completion = request.generated
+        self._finish(
+            request,
+            Completed(request.id, reason, len(request.context) - completion, completion),
+        )
+
+    def _finish(self, request: _Request, event: EngineEvent) -> None:
+        """The request's last event: the engine no longer holds it."""
+        if self._requests.get(request.id) is request:
+            del self._requests[request.id]
+            if request.session is not None:
+                request.session.live = False
+            self._emit(event)
+
+    def _emit(self, event: EngineEvent) -> None:
+        if not self._closed:
+            self._events.put_nowait(event)
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    def _check_started(self) -> None:
+        if self._llm is None or self._closed:
+            raise EngineError("the vllm engine is not running (call start() first)")
+
+    def _check_strategy(self, strategy: Strategy) -> None:
+        if strategy not in self.strategies:
+            where = "this platform" if strategy is Strategy.SWAP else "this engine"
+            raise UnsupportedStrategyError(
+                f"{strategy.value} is not supported on {where}; supported: "
+                + ", ".join(sorted(s.value for s in self.strategies))
+            )
+
+    def _get(self, request_id: str) -> _Request:
+        request = self._requests.get(request_id)
+        if request is None:
+            raise UnknownRequestError(f"request {request_id} is not held by this engine")
+        return request
+
+    def _hit_stop_string(self, request: _Request, text: str) -> bool:
+        stops = request.spec.sampling.stop
+        if not stops:
+            return False
+        request.text_tail = (request.text_tail + text)[-4 * max(map(len, stops)) :]
+        return any(stop in request.text_tail for stop in stops)
+
+    async def _context_of(self, spec: AdmitSpec) -> list[int]:
+        if spec.context_token_ids:
+            ids = list(spec.context_token_ids)
+        else:
+            ids = await asyncio.to_thread(self._tokenizer.encode, spec.prompt)
+        return ids + await self._encode_appended(spec.append_text, spec.append_tokens)
+
+    async def _encode_appended(self, text: str, tokens: int) -> list[int]:
+        if text:
+            ids: list[int] = await asyncio.to_thread(
+                self._tokenizer.encode, text, add_special_tokens=False
+            )
+            return ids
+        return [self._filler] * tokens
+
+
+def _paused(request: _Request) -> bool:
+    return request.state is not _State.RUNNING
+
+
+async def _chunks(inputs: asyncio.Queue[Any]) -> AsyncIterator[Any]:
+    """A session's input stream: chunks until None."""
+    while (chunk := await inputs.get()) is not None:
+        yield chunk
+
+
+def _check_admission(spec: AdmitSpec) -> None:
+    request_id = spec.request_id
+    if not request_id:
+        raise EngineError("a request needs an id")
+    if not spec.prompt and not spec.context_token_ids:
+        raise EngineError(f"request {request_id} has neither a prompt nor context tokens")
+    if spec.max_new_tokens - spec.generated_tokens < 1:
+        raise EngineError(
+            f"request {request_id} has no tokens left to generate "
+            f"(max_new_tokens {spec.max_new_tokens}, generated {spec.generated_tokens})"
+        )
+    if spec.append_tokens < 0 or any(s.output_tokens < 1 for s in spec.replay):
+        raise EngineError(
+            f"request {request_id}: replay segments need at least one output token "
+            "and appended token counts cannot be negative"
+        )
+
+
+def _block_bytes(config: Any) -> int:
+    """Bytes of one KV block on the device (keys and values of every layer)."""
+    model, parallel = config.model_config, config.parallel_config
+    per_token = (
+        2
+        * model.get_num_layers(parallel)
+        * model.get_num_kv_heads(parallel)
+        * model.get_head_size()
+        * model.dtype.itemsize
+    )
+    return max(1, int(per_token) * int(config.cache_config.block_size))
