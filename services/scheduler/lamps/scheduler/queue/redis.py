@@ -20,7 +20,14 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
-from lamps.scheduler.queue.store import Commit, NotLeaderError, Snapshot, Store, StoreError, ToolStats
+from lamps.scheduler.queue.store import (
+    Commit,
+    NotLeaderError,
+    Snapshot,
+    Store,
+    StoreError,
+    ToolStats,
+)
 
 _COMMIT = """
 if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then
@@ -190,7 +197,9 @@ class RedisStore(Store):
 
     async def acquire_leader(self, replica_id: str, lease_seconds: float) -> bool:
         ms = max(int(lease_seconds * 1000), 1)
-        return bool(await self._call(self._acquire(keys=[self._key("leader")], args=[replica_id, ms])))
+        return bool(
+            await self._call(self._acquire(keys=[self._key("leader")], args=[replica_id, ms]))
+        )
 
     async def release_leader(self, replica_id: str) -> None:
         await self._call(self._release(keys=[self._key("leader")], args=[replica_id]))
