@@ -169,10 +169,10 @@ class ProtocolWorker:
         assert self._call is not None, "not connected"
         await self._call.write(message)
 
-    async def expect(self, kind: str, timeout: float = 10.0, start: int = 0) -> pb.ConnectResponse:
+    async def expect(self, kind: str, within: float = 10.0, start: int = 0) -> pb.ConnectResponse:
         """The first message of `kind` received (from index `start` on), waiting for it."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        deadline = loop.time() + within
         while True:
             for message in self.received[start:]:
                 if message.WhichOneof("message") == kind:

@@ -21,9 +21,9 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
     await made.close()
 
 
-async def wait_until(check: object, timeout: float = 5.0) -> None:
+async def wait_until(check: object, within: float = 5.0) -> None:
     """Poll an async predicate until it holds (leases expire in real time)."""
-    deadline = asyncio.get_running_loop().time() + timeout
+    deadline = asyncio.get_running_loop().time() + within
     while asyncio.get_running_loop().time() < deadline:
         if await check():  # type: ignore[operator]
             return
