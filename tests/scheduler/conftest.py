@@ -3,6 +3,7 @@ loopback (real gRPC, a real Redis), clients, and protocol-level workers."""
 
 from __future__ import annotations
 
+import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -13,6 +14,9 @@ import pytest
 from grpc import aio
 
 from lamps.common.server import Server
+from lamps.predictor.config import PredictorConfig
+from lamps.predictor.server import Predictor
+from lamps.predictor.server import services as predictor_services
 from lamps.scheduler.config import SchedulerConfig
 from lamps.scheduler.server import SchedulerApp, services
 from lamps.tool_runner.catalog import open_catalog
@@ -165,3 +169,23 @@ def make_request(
                 tool_output_tokens=returned,
             )
     return request
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A loopback port nothing listens on (a service that is down)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+async def predictor() -> AsyncIterator[str]:
+    """A real predictor in this process, without a model (it answers durations only)."""
+    config = PredictorConfig(**LOOPBACK)
+    service = Predictor(config)
+    server = Server(config, predictor_services(config, service), lifespan=service.running)
+    await server.start()
+    yield f"127.0.0.1:{server.port}"
+    await server.stop()

@@ -680,14 +680,18 @@ class Scheduler(ReportHandler):
                         f"events of {request_id} from offset {position} are no longer stored",
                     )
                 for raw in page:
-                    yield cpb.RequestEvent.FromString(raw)
+                    event = cpb.RequestEvent.FromString(raw)
+                    yield event
+                    if event.HasField("finished"):
+                        return
                 position += len(page)
                 continue
             while position < job.published:
-                yield job.events[position - job.events_base]
+                event = job.events[position - job.events_base]
+                yield event
+                if event.HasField("finished"):
+                    return
                 position += 1
-            if job.ended and position >= job.published:
-                return
             await changed.wait()
 
     def status(self) -> pb.ClusterStatusResponse:
