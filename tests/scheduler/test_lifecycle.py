@@ -91,7 +91,8 @@ async def test_discard_frees_the_worker_and_requeues_with_the_longer_context(
     admits = [message.admit for message in worker.of_kind("admit")]
     assert len(admits) == 3
     first, second, third = admits
-    assert first.prompt and not first.context_token_ids
+    assert first.prompt
+    assert not first.context_token_ids
     assert first.strategy == cpb.STRATEGY_DISCARD
     assert [s.output_tokens for s in first.replay.segments] == [4, 3, 2]
     # The second admission continues from the context the worker handed back, plus the tool's.
@@ -136,7 +137,8 @@ async def test_a_worker_is_never_asked_for_a_strategy_it_did_not_advertise(
         assert (await scheduler.events(request_id))[-1].finished.state == FINISHED
     asked = [m.admit.strategy for m in worker.of_kind("admit")]
     asked += [m.pause.strategy for m in worker.of_kind("pause")]
-    assert asked and cpb.STRATEGY_SWAP not in asked
+    assert asked
+    assert cpb.STRATEGY_SWAP not in asked
 
 
 async def test_requests_wait_for_kv_and_are_placed_by_best_fit(
