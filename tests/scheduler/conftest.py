@@ -33,7 +33,7 @@ LOOPBACK: dict[str, Any] = {
     "port": 0,
     "metrics_host": "127.0.0.1",
     "metrics_port": 0,
-    "grace_seconds": 1.0,
+    "grace_seconds": 0.2,
 }
 
 
@@ -99,7 +99,7 @@ async def serving(config: SchedulerConfig) -> AsyncIterator[RunningScheduler]:
         await server.stop()
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 async def tool_runner() -> AsyncIterator[str]:
     """A real tool runner in this process; its emulated tools sleep as long as asked."""
     config = ToolRunnerConfig(**LOOPBACK)

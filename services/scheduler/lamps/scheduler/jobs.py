@@ -105,6 +105,8 @@ class Job:
     finish_reason: int = cpb.FINISH_REASON_UNSPECIFIED
     error_message: str = ""
     idempotency_key: str = ""
+    # Digest of the request body, to tell a retry from a different request under the same key.
+    digest: str = ""
     # The event log: `events` are those this process holds, from offset `events_base`; the
     # first `published` offsets are durable and may be shown to clients.
     events: list[cpb.RequestEvent] = field(default_factory=list)
@@ -231,6 +233,7 @@ class Job:
             "finish_reason": self.finish_reason,
             "error_message": self.error_message,
             "idempotency_key": self.idempotency_key,
+            "digest": self.digest,
             "next_offset": self.next_offset,
         }
         return json.dumps(state, separators=(",", ":")).encode()

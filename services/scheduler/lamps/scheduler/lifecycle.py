@@ -173,7 +173,7 @@ class Scheduler(ReportHandler):
                 continue
             self.jobs[request_id] = job
             if job.idempotency_key:
-                self._keys[job.idempotency_key] = (request_id, "")
+                self._keys[job.idempotency_key] = (request_id, job.digest)
             if job.worker_id and job.state in (RUNNING, IN_TOOL):
                 worker = self.workers.get(job.worker_id)
                 if worker is None:
@@ -270,6 +270,7 @@ class Scheduler(ReportHandler):
             max_tokens=budget,
             prompt_tokens=prompt_token_count(request),
             idempotency_key=key,
+            digest=digest,
         )
         if key:
             self._keys[key] = (job.request_id, digest)
@@ -692,6 +693,8 @@ class Scheduler(ReportHandler):
                 if event.HasField("finished"):
                     return
                 position += 1
+            if job.ended and position >= job.published == job.next_offset:
+                return  # watched from the end of a finished log: nothing more will come
             await changed.wait()
 
     def status(self) -> pb.ClusterStatusResponse:
