@@ -142,3 +142,36 @@ async def test_a_reconnecting_worker_keeps_what_it_holds_and_drops_the_rest(
     # The one it no longer holds went back to the queue and runs again (on this worker).
     readmit = await worker.expect("admit", start=len(worker.received))
     assert readmit.admit.request_id == lost
+
+
+async def test_updates_resent_after_a_reconnect_are_applied_once(
+    scheduler: RunningScheduler,
+) -> None:
+    worker = await scheduler.worker(auto=False)
+    request_id = await scheduler.submit(
+        make_request(segments=[(2, "emulated.chatbot", 30, 1), (1, "", 0, 0)])
+    )
+    await worker.expect("admit")
+    updates = [
+        pb.RequestUpdate(request_id=request_id, started=pb.Started()),
+        pb.RequestUpdate(request_id=request_id, tokens=cpb.TokenDelta(token_ids=[1, 2])),
+        pb.RequestUpdate(
+            request_id=request_id,
+            intercepted=pb.Intercepted(
+                call=cpb.ToolCall(call_id="c1", name="emulated.chatbot", arguments_json="{}"),
+                strategy=cpb.STRATEGY_PRESERVE,
+            ),
+        ),
+    ]
+    await worker.report(*updates)
+    await worker.close()
+    await worker.connect(held=[request_id])
+    await worker.report(*updates)
+    await worker.report()
+    record = await scheduler.record(request_id)
+    assert record.state == cpb.REQUEST_STATE_IN_TOOL
+    assert record.usage.completion_tokens == 2
+    assert record.usage.tool_calls == 1
+    assert not worker.of_kind("rejected")
+    status = await scheduler.stub.ClusterStatus(pb.ClusterStatusRequest())
+    assert [w.worker_id for w in status.workers] == ["w1"]

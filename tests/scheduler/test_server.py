@@ -237,7 +237,7 @@ async def test_the_queue_depth_metric_the_autoscaler_reads(scheduler: RunningSch
     for index in range(3):
         await scheduler.submit(make_request(f"waiting {index}"))
     url = f"http://127.0.0.1:{scheduler.server.metrics_port}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 (loopback)
+    with urllib.request.urlopen(url, timeout=5) as response:
         body = response.read().decode()
     assert "lamps_scheduler_queued_requests 3.0" in body.splitlines()
     assert "lamps_scheduler_leader 1.0" in body.splitlines()

@@ -35,6 +35,9 @@ class Held:
     max_new: int
     strategy: int
     paused: bool = False
+    # Updates sent since the last instruction about it, re-sent after a reconnect (a report may
+    # have been lost with the stream).
+    log: list[pb.RequestUpdate] = field(default_factory=list)
 
 
 @dataclass
@@ -59,6 +62,7 @@ class ProtocolWorker:
     _call: aio.StreamStreamCall[pb.ConnectRequest, pb.ConnectResponse] | None = None
     _reader: asyncio.Task[None] | None = None
     _arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    _writing: asyncio.Lock = field(default_factory=asyncio.Lock)
     _tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     closed_by_server: bool = False
     # Reports at the interval the scheduler asks for, as a live worker does; off, it goes silent.
@@ -95,6 +99,9 @@ class ProtocolWorker:
         for request_id in first.registered.drop_request_ids:
             self._drop(request_id)
         self._reader = asyncio.get_running_loop().create_task(self._read())
+        unconfirmed = [update for held in self.held.values() for update in held.log]
+        if unconfirmed:
+            await self.report(*unconfirmed)
         if self.heartbeat:
             self._beat = asyncio.get_running_loop().create_task(
                 self._heartbeat(first.registered.report_interval_seconds)
@@ -161,13 +168,14 @@ class ProtocolWorker:
         )
 
     async def report(self, *updates: pb.RequestUpdate, draining: bool = False) -> None:
-        assert self._call is not None, "not connected"
         report = pb.Report(kv=self.kv(), updates=updates, draining=draining)
-        await self._call.write(pb.ConnectRequest(report=report))
+        await self.send(pb.ConnectRequest(report=report))
 
     async def send(self, message: pb.ConnectRequest) -> None:
-        assert self._call is not None, "not connected"
-        await self._call.write(message)
+        # gRPC allows one write in flight per stream; reports come from several tasks.
+        async with self._writing:
+            assert self._call is not None, "not connected"
+            await self._call.write(message)
 
     async def expect(self, kind: str, within: float = 10.0, start: int = 0) -> pb.ConnectResponse:
         """The first message of `kind` received (from index `start` on), waiting for it."""
@@ -199,6 +207,7 @@ class ProtocolWorker:
             if held is not None:
                 held.context += message.resume.append_tokens
                 held.paused = False
+                held.log = []
                 if held.segments:
                     held.segments.pop(0)
                 self._play(held)
@@ -280,6 +289,7 @@ class ProtocolWorker:
                 )
             )
             held.paused = True
+            held.log.extend(updates)
             if held.strategy == cpb.STRATEGY_DISCARD:
                 del self.held[request_id]
                 updates.append(self._release_update(held, pb.RELEASE_REASON_DISCARDED))

@@ -94,6 +94,9 @@ class Job:
     # True from a Resume until the worker shows progress, so a reconnecting worker gets it again.
     resume_sent: bool = False
     call: ToolCallState | None = None
+    # The last call answered, so an Intercepted a worker re-sends after a reconnect is not run
+    # twice.
+    last_call_id: str = ""
     outcomes: list[Outcome] = field(default_factory=list)
     enqueued_at: float | None = None
     admitted_at: float = 0.0
@@ -221,6 +224,7 @@ class Job:
             "pending_tokens": self.pending_tokens,
             "resume_sent": self.resume_sent,
             "call": call,
+            "last_call_id": self.last_call_id,
             "outcomes": [
                 [o.tool, o.duration_s, o.pre_call_tokens, o.post_call_tokens] for o in self.outcomes
             ],

@@ -243,6 +243,10 @@ class ReportHandler(ABC):
         self._touch(job)
 
     def _tokens(self, job: Job, worker: WorkerHandle, delta: cpb.TokenDelta, now: float) -> None:
+        skip = max(job.completion_tokens - delta.start_index, 0)
+        ids = list(delta.token_ids)
+        if ids and skip >= len(ids):
+            return  # a delta re-sent after a reconnect: already recorded
         if job.state != RUNNING:
             self._reject(
                 worker,
@@ -250,10 +254,6 @@ class ReportHandler(ABC):
                 f"request {job.request_id} is paused in a tool call; tokens refused",
             )
             return
-        skip = max(job.completion_tokens - delta.start_index, 0)
-        ids = list(delta.token_ids)
-        if ids and skip >= len(ids):
-            return  # a delta re-sent after a reconnect: already recorded
         new = ids[skip:]
         text = delta.text if skip == 0 else ""
         if not new and not text:
@@ -320,13 +320,16 @@ class ReportHandler(ABC):
     def _intercepted(
         self, job: Job, worker: WorkerHandle, intercepted: pb.Intercepted, now: float
     ) -> None:
+        call = intercepted.call
+        repeated = job.call is not None and job.call.call_id == call.call_id
+        if call.call_id and (repeated or call.call_id == job.last_call_id):
+            return  # re-sent after a reconnect: already being (or already) answered
         if job.state != RUNNING:
             self._reject(
                 worker, job.request_id, f"request {job.request_id} is already in a tool call"
             )
             return
         self._progressed(job, worker)
-        call = intercepted.call
         if job.outcomes:
             job.outcomes[-1].post_call_tokens = job.segment_tokens
         job.tool_calls += 1
@@ -450,6 +453,7 @@ class ReportHandler(ABC):
         job.tool_s += duration
         self._commit.tool_durations.append((job.call.name, duration))
         job.outcomes.append(Outcome(job.call.name, duration, job.call.pre_call_tokens))
+        job.last_call_id = call_id
         result.call_id = call_id
         if job.request.HasField("replay"):
             segment = job.request.replay.segments[job.segment]

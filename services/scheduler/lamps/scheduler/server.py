@@ -279,6 +279,9 @@ class WorkerGatewayServicer(pb_grpc.WorkerGatewayServiceServicer):
                 )
         except (aio.AioRpcError, asyncio.CancelledError):
             pass
+        except Exception:
+            # A bug must not pass silently: log it and close the stream; the worker reconnects.
+            log.exception("failed to apply a worker's report", extra={"worker": worker.worker_id})
         finally:
             outbox.put_nowait(None)
 
