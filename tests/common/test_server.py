@@ -39,7 +39,7 @@ SERVICES = {
 STANDARD = ["grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"]
 # What an empty call of each service's first RPC gets once it reaches the servicer.
 REACHED = {
-    "scheduler": grpc.StatusCode.UNIMPLEMENTED,
+    "scheduler": grpc.StatusCode.INVALID_ARGUMENT,
     "predictor": grpc.StatusCode.INVALID_ARGUMENT,
     "tool-runner": grpc.StatusCode.OK,
 }

@@ -51,7 +51,7 @@ class RunningScheduler:
         return f"127.0.0.1:{self.server.port}"
 
     @property
-    def stub(self) -> pb_grpc.SchedulerServiceStub:
+    def stub(self) -> pb_grpc.SchedulerServiceAsyncStub:
         return pb_grpc.SchedulerServiceStub(self.channel)
 
     async def worker(self, worker_id: str = "w1", **options: Any) -> ProtocolWorker:

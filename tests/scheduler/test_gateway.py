@@ -27,7 +27,7 @@ async def test_registration_answers_with_the_intervals(start_scheduler: StartSch
 
 async def test_a_stream_must_begin_with_register(scheduler: RunningScheduler) -> None:
     async with open_channel(scheduler.target) as channel:
-        call = pb_grpc.WorkerGatewayServiceStub(channel).Connect()
+        call = pb_grpc.WorkerGatewayServiceStub(channel).Connect()  # type: ignore[call-arg]
         await call.write(pb.ConnectRequest(report=pb.Report()))
         with pytest.raises(aio.AioRpcError) as caught:
             await call.read()

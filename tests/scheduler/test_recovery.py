@@ -87,7 +87,7 @@ async def reconnect(workers: Sequence[ProtocolWorker], target: str) -> None:
             raise AssertionError(f"{worker.worker_id} could not reconnect")
 
 
-async def wait_until_ended(stub: pb_grpc.SchedulerServiceStub, ids: Sequence[str]) -> None:
+async def wait_until_ended(stub: pb_grpc.SchedulerServiceAsyncStub, ids: Sequence[str]) -> None:
     ended = {cpb.REQUEST_STATE_FINISHED, cpb.REQUEST_STATE_FAILED, cpb.REQUEST_STATE_CANCELLED}
     records: list[pb.RequestRecord] = []
     for _ in range(400):

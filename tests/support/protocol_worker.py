@@ -21,6 +21,7 @@ from lamps.v1 import common_pb2 as cpb
 from lamps.v1 import scheduler_pb2 as pb
 from lamps.v1 import scheduler_pb2_grpc as pb_grpc
 
+EOF = aio.EOF  # type: ignore[attr-defined]  # missing from the stubs
 ALL_STRATEGIES = (cpb.STRATEGY_PRESERVE, cpb.STRATEGY_DISCARD, cpb.STRATEGY_SWAP)
 
 
@@ -33,7 +34,7 @@ class Held:
     generated: int
     segments: list[cpb.ReplaySegment]
     max_new: int
-    strategy: int
+    strategy: cpb.Strategy.ValueType
     paused: bool = False
     # Updates sent since the last instruction about it, re-sent after a reconnect (a report may
     # have been lost with the stream).
@@ -48,7 +49,7 @@ class ProtocolWorker:
     worker_id: str
     total_blocks: int = 4096
     block_size: int = 16
-    strategies: tuple[int, ...] = ALL_STRATEGIES
+    strategies: tuple[cpb.Strategy.ValueType, ...] = ALL_STRATEGIES
     max_running: int = 64
     auto: bool = True
     # Seconds each segment takes to generate in auto mode.
@@ -75,7 +76,8 @@ class ProtocolWorker:
         """Open the stream and register; raises the AioRpcError of a refused registration."""
         self._channel = open_channel(self.target, token=self.token)
         stub = pb_grpc.WorkerGatewayServiceStub(self._channel)
-        self._call = stub.Connect()
+        # The stubs type only the iterator form; aio also allows a call to write to.
+        self._call = stub.Connect()  # type: ignore[call-arg]
         held_ids = list(self.held) if held is None else list(held)
         await self._call.write(
             pb.ConnectRequest(
@@ -91,8 +93,10 @@ class ProtocolWorker:
             )
         )
         first = await self._call.read()
-        if first is aio.EOF:
-            await self._call  # raises the status the server aborted with
+        if first is EOF:
+            await self._call.wait_for_connection()
+            await self._call.code()  # the status the server aborted with
+            await self._call.read()  # raises it
             raise AssertionError("the stream ended without a Registered")
         assert isinstance(first, pb.ConnectResponse)
         self.registered = first.registered
@@ -143,7 +147,7 @@ class ProtocolWorker:
     async def _read(self) -> None:
         assert self._call is not None
         try:
-            while (message := await self._call.read()) is not aio.EOF:
+            while (message := await self._call.read()) is not EOF:
                 assert isinstance(message, pb.ConnectResponse)
                 self.received.append(message)
                 self._arrived.set()
