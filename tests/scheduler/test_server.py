@@ -244,9 +244,14 @@ async def test_the_queue_depth_metric_the_autoscaler_reads(scheduler: RunningSch
     for index in range(3):
         await scheduler.submit(make_request(f"waiting {index}"))
     url = f"http://127.0.0.1:{scheduler.server.metrics_port}/metrics"
-    body = await asyncio.to_thread(scrape, url)
-    assert "lamps_scheduler_queued_requests 3.0" in body.splitlines()
-    assert "lamps_scheduler_leader 1.0" in body.splitlines()
+    # Gauges are refreshed every 0.1 s: wait for the refresh that counts all three.
+    for _ in range(100):
+        lines = (await asyncio.to_thread(scrape, url)).splitlines()
+        if "lamps_scheduler_queued_requests 3.0" in lines:
+            break
+        await asyncio.sleep(0.02)
+    assert "lamps_scheduler_queued_requests 3.0" in lines
+    assert "lamps_scheduler_leader 1.0" in lines
 
 
 async def test_a_standby_refuses_with_the_leaders_id(start_scheduler: StartScheduler) -> None:

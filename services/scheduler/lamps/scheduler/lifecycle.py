@@ -71,6 +71,8 @@ log = logging.getLogger(__name__)
 RETAINED_ENDED = 10_000
 EVENT_PAGE = 512
 STORE_RETRY_SECONDS = 0.5
+# How often gauges are refreshed: scrapes are seconds apart, rounds milliseconds.
+GAUGE_PERIOD_S = 0.1
 _STATE_NAMES: dict[int, str] = {FINISHED: "finished", FAILED: "failed", CANCELLED: "cancelled"}
 
 
@@ -126,6 +128,8 @@ class Scheduler(ReportHandler):
         self._tool_tasks: dict[str, asyncio.Task[None]] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._starved_seen = -1
+        self._round_trips_seen = 0
+        self._stored_queue: set[str] = set()
 
     @property
     def report_interval_s(self) -> float:
@@ -141,11 +145,13 @@ class Scheduler(ReportHandler):
         """Take over: rebuild from the store, then start the rounds."""
         snapshot = await self.store.load()
         self._restore(snapshot.records, snapshot.queue, snapshot.starved)
+        self._stored_queue = {rid for rid, _ in snapshot.queue} | set(snapshot.starved)
         self.leader = True
         self.leader_id = self.settings.replica_id
         metrics.LEADER.set(1)
         loop = asyncio.get_running_loop()
-        for coroutine in (self._rounds(), self._intake_loop(), self._lease_loop()):
+        loops = (self._rounds(), self._intake_loop(), self._lease_loop(), self._gauge_loop())
+        for coroutine in loops:
             self._tasks.append(loop.create_task(coroutine))
         for job in self.jobs.values():
             if job.state == IN_TOOL and job.call is not None:
@@ -257,8 +263,9 @@ class Scheduler(ReportHandler):
         submission of the same body)."""
         self.require_leader()
         budget = validate_generate(request, self.settings.limits, self.tools.known)
-        digest = hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest()
+        digest = ""
         if key:
+            digest = hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest()
             validate_idempotency_key(key)
             existing = await self._known_key(key, digest)
             if existing is not None:
@@ -495,7 +502,6 @@ class Scheduler(ReportHandler):
                 self._accept(job, now)
             self._place(now)
             await self._commit_round()
-            self._publish_gauges()
             metrics.ROUND_SECONDS.observe(time.perf_counter() - started)
 
     async def _commit_round(self) -> None:
@@ -545,6 +551,10 @@ class Scheduler(ReportHandler):
                 )
         self._unsaved.clear()
         self._dirty.clear()
+        # Only what the store's queue holds needs removing from it.
+        commit.dequeue &= self._stored_queue
+        self._stored_queue -= commit.dequeue
+        self._stored_queue.update(commit.enqueue)
         if self.queue.starved_total != self._starved_seen:
             self._starved_seen = self.queue.starved_total
             commit.starved = self.queue.starved()
@@ -558,7 +568,15 @@ class Scheduler(ReportHandler):
             if job is not None and job.idempotency_key:
                 self._keys.pop(job.idempotency_key, None)
 
+    async def _gauge_loop(self) -> None:
+        while True:
+            self._publish_gauges()
+            await asyncio.sleep(GAUGE_PERIOD_S)
+
     def _publish_gauges(self) -> None:
+        trips = self.store.round_trips
+        metrics.STORE_ROUND_TRIPS.inc(trips - self._round_trips_seen)
+        self._round_trips_seen = trips
         starved = len(self.queue.starved()) if self.policy.starvation_threshold else 0
         waiting = len(self.queue)
         metrics.QUEUED.set(waiting)
@@ -566,7 +584,7 @@ class Scheduler(ReportHandler):
         ready = [w for w in self.workers.values() if w.ready]
         metrics.QUEUED_PER_WORKER.set(waiting / len(ready) if ready else waiting)
         metrics.RUNNING.set(sum(w.running for w in self.workers.values()))
-        metrics.IN_TOOL.set(sum(1 for j in self.jobs.values() if j.state == IN_TOOL))
+        metrics.IN_TOOL.set(len(self._tool_tasks))
         metrics.WORKERS.labels(state="ready").set(len(ready))
         metrics.WORKERS.labels(state="draining").set(
             sum(1 for w in self.workers.values() if w.draining and w.outbox is not None)

@@ -66,4 +66,7 @@ REJECTED_WORKER_MESSAGES = Counter(
     "lamps_scheduler_rejected_worker_messages_total",
     "Worker messages refused (about requests the worker does not hold).",
 )
+STORE_ROUND_TRIPS = Counter(
+    "lamps_scheduler_store_round_trips_total", "Round trips to the store (Redis)."
+)
 LEADER = Gauge("lamps_scheduler_leader", "1 while this replica is the leader, else 0.")
