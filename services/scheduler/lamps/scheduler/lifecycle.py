@@ -494,6 +494,9 @@ class Scheduler(ReportHandler):
     async def _rounds(self) -> None:
         while True:
             await self._wake.wait()
+            # Let calls and reports that are already waiting run first, so one round (and one
+            # commit) serves them all.
+            await asyncio.sleep(0)
             self._wake.clear()
             started = time.perf_counter()
             now = time.time()
