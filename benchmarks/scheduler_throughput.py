@@ -111,9 +111,7 @@ class InstantWorker:
                 updates.append(
                     pb.RequestUpdate(
                         request_id=request_id,
-                        completed=pb.Completed(
-                            reason=cpb.FINISH_REASON_STOP, completion_tokens=1
-                        ),
+                        completed=pb.Completed(reason=cpb.FINISH_REASON_STOP, completion_tokens=1),
                     )
                 )
             await call.write(pb.ConnectRequest(report=pb.Report(kv=self._kv(), updates=updates)))
@@ -160,12 +158,12 @@ class Costs:
         )
 
     def minus(self, other: Costs) -> Costs:
-        return Costs(
-            *(getattr(self, f) - getattr(other, f) for f in self.__dataclass_fields__)
-        )
+        return Costs(*(getattr(self, f) - getattr(other, f) for f in self.__dataclass_fields__))
 
 
-def start_scheduler(redis_url: str, policy: str, log_path: Path) -> tuple[subprocess.Popen[bytes], int, int]:
+def start_scheduler(
+    redis_url: str, policy: str, log_path: Path
+) -> tuple[subprocess.Popen[bytes], int, int]:
     profile = ["-m", "cProfile", "-o", "/tmp/sched.prof"] if os.environ.get("BENCH_PROFILE") else []
     command = [
         sys.executable,

@@ -295,3 +295,28 @@ def fallbacks(reason: str) -> float:
         "lamps_scheduler_prediction_fallbacks_total", {"reason": reason}
     )
     return value or 0.0
+
+
+async def test_a_request_passed_over_moves_to_the_starved_lane(
+    start_scheduler: StartScheduler,
+) -> None:
+    # The oracle ranks by true memory x time: the long request would wait behind every short.
+    scheduler = await start_scheduler(policy="oracle-lamps", starvation_threshold=2)
+    long = await scheduler.submit(make_request("long", segments=[(400, "", 0.0, 0)]))
+    shorts = [
+        await scheduler.submit(make_request(f"short {i}", segments=[(5, "", 0.0, 0)]))
+        for i in range(3)
+    ]
+    worker = await scheduler.worker(auto=False, max_running=1)
+    order = []
+    for index in range(4):
+        for _ in range(500):
+            admitted = worker.of_kind("admit")
+            if len(admitted) > index:
+                break
+            await asyncio.sleep(0.01)
+        request_id = admitted[index].admit.request_id
+        order.append(request_id)
+        await worker.report(pb.RequestUpdate(request_id=request_id, completed=pb.Completed()))
+    # Two admissions passed the long one over: it moved to the lane, ahead of the last short.
+    assert order == [shorts[0], shorts[1], long, shorts[2]]
