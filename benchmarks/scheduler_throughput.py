@@ -79,7 +79,8 @@ class InstantWorker:
             )
         )
         first = await call.read()
-        assert isinstance(first, pb.ConnectResponse) and first.HasField("registered")
+        assert isinstance(first, pb.ConnectResponse)
+        assert first.HasField("registered")
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._read(call)), loop.create_task(self._write(call))]
 
@@ -197,12 +198,12 @@ def request(index: int, phase: str) -> pb.SubmitRequest:
 
 
 async def wait_all_finished(stub: Any, workers: list[InstantWorker], expected: int) -> None:
-    while sum(worker.completed for worker in workers) < expected:
-        await asyncio.sleep(0.001)
+    """Until the workers have finished `expected` requests and the scheduler has taken them in."""
     while True:
-        status = await stub.ClusterStatus(pb.ClusterStatusRequest(), timeout=10)
-        if status.queued + status.starved + status.running == 0:
-            return
+        if sum(worker.completed for worker in workers) >= expected:
+            status = await stub.ClusterStatus(pb.ClusterStatusRequest(), timeout=10)
+            if status.queued + status.starved + status.running == 0:
+                return
         await asyncio.sleep(0.001)
 
 
@@ -246,7 +247,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     async with embedded_redis() as redis_url:
         with tempfile.TemporaryDirectory() as directory:
             proc, port, metrics_port = start_scheduler(
-                redis_url, args.policy, Path(directory) / "scheduler.log"
+                redis_url, args.policy, Path(directory) / "scheduler.log", args.profile
             )
             try:
                 return await measure(args, redis_url, port, metrics_port)
@@ -345,6 +346,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-requests", type=int, default=2000, help="overhead phase")
     parser.add_argument("--policy", default="lamps", help="scheduling policy")
     parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument(
+        "--profile", type=Path, help="run the scheduler under cProfile and write its stats here"
+    )
     args = parser.parse_args(argv)
     for name in ("requests", "concurrency", "workers", "latency_requests"):
         if getattr(args, name) < 1:
