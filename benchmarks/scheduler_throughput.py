@@ -163,9 +163,9 @@ class Costs:
 
 
 def start_scheduler(
-    redis_url: str, policy: str, log_path: Path
+    redis_url: str, policy: str, log_path: Path, profile_path: Path | None
 ) -> tuple[subprocess.Popen[bytes], int, int]:
-    profile = ["-m", "cProfile", "-o", "/tmp/sched.prof"] if os.environ.get("BENCH_PROFILE") else []
+    profile = ["-m", "cProfile", "-o", str(profile_path)] if profile_path else []
     command = [
         sys.executable,
         *profile,
