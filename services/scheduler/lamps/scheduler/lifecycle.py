@@ -73,6 +73,7 @@ EVENT_PAGE = 512
 STORE_RETRY_SECONDS = 0.5
 # How often gauges are refreshed: scrapes are seconds apart, rounds milliseconds.
 GAUGE_PERIOD_S = 0.1
+TOOL_STATS_REFRESH_S = 10.0
 _STATE_NAMES: dict[int, str] = {FINISHED: "finished", FAILED: "failed", CANCELLED: "cancelled"}
 
 
@@ -572,9 +573,17 @@ class Scheduler(ReportHandler):
                 self._keys.pop(job.idempotency_key, None)
 
     async def _gauge_loop(self) -> None:
+        """Refresh the gauges, and now and then the tool-duration statistics defaults use."""
+        refreshed = time.monotonic()
         while True:
             self._publish_gauges()
             await asyncio.sleep(GAUGE_PERIOD_S)
+            if time.monotonic() - refreshed > TOOL_STATS_REFRESH_S:
+                refreshed = time.monotonic()
+                try:
+                    self.predictor.stats = await self.store.tool_stats()
+                except StoreError as exc:
+                    log.warning("cannot refresh tool statistics", extra={"error": str(exc)})
 
     def _publish_gauges(self) -> None:
         trips = self.store.round_trips
