@@ -12,7 +12,7 @@ from grpc import aio
 from lamps.v1 import common_pb2 as cpb
 from lamps.v1 import scheduler_pb2 as pb
 from lamps.v1 import scheduler_pb2_grpc as pb_grpc
-from tests.scheduler.conftest import make_request
+from tests.scheduler.conftest import StartScheduler, make_request
 from tests.support.processes import ServiceProcess, StartService
 from tests.support.protocol_worker import ProtocolWorker
 
@@ -178,3 +178,26 @@ async def test_a_standby_takes_over_from_a_killed_leader(
 def kill(service: ServiceProcess) -> None:
     service.proc.kill()
     service.proc.wait(10)
+
+
+async def test_a_leader_stopping_gracefully_hands_over_at_once(
+    start_scheduler: StartScheduler,
+) -> None:
+    # A lease far longer than the test: only the resignation lets the standby lead in time.
+    leader = await start_scheduler(replica_id="old", leader_lease_seconds=60.0)
+    standby = await start_scheduler(replica_id="new", leader_lease_seconds=60.0)
+    worker = await leader.worker(auto=False)
+    request_id = await leader.submit(make_request("handed over"))
+    await worker.expect("admit")
+    await worker.close()
+    await leader.server.stop()
+    await wait_until_leader(standby.target, "new")
+    worker.target = standby.target
+    await worker.connect(held=[request_id])
+    await worker.report(
+        pb.RequestUpdate(request_id=request_id, tokens=cpb.TokenDelta(token_ids=[4])),
+        pb.RequestUpdate(request_id=request_id, completed=pb.Completed()),
+    )
+    events = await standby.events(request_id)
+    assert events[-1].finished.state == cpb.REQUEST_STATE_FINISHED
+    assert [e.offset for e in events] == list(range(len(events)))

@@ -74,6 +74,8 @@ STORE_RETRY_SECONDS = 0.5
 # How often gauges are refreshed: scrapes are seconds apart, rounds milliseconds.
 GAUGE_PERIOD_S = 0.1
 TOOL_STATS_REFRESH_S = 10.0
+# Longest a graceful shutdown waits for the last round to be stored.
+CLOSE_TIMEOUT_S = 5.0
 _STATE_NAMES: dict[int, str] = {FINISHED: "finished", FAILED: "failed", CANCELLED: "cancelled"}
 
 
@@ -131,6 +133,7 @@ class Scheduler(ReportHandler):
         self._starved_seen = -1
         self._round_trips_seen = 0
         self._stored_queue: set[str] = set()
+        self._closing = False
 
     @property
     def report_interval_s(self) -> float:
@@ -230,10 +233,15 @@ class Scheduler(ReportHandler):
         self._on_lost()
 
     async def close(self) -> None:
-        """Stop the rounds after writing what is pending (graceful shutdown)."""
+        """Stop after the round in progress and one last round for what is pending (graceful
+        shutdown); a round is never cut in the middle of its commit."""
         if self.leader:
-            with contextlib.suppress(StoreError):
-                await self._commit_round()
+            self._closing = True
+            self._wake.set()
+            rounds = self._tasks[0] if self._tasks else None
+            if rounds is not None:
+                with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(rounds), CLOSE_TIMEOUT_S)
         self.leader = False
         metrics.LEADER.set(0)
         tasks = [*self._tasks, *self._tool_tasks.values()]
@@ -504,9 +512,12 @@ class Scheduler(ReportHandler):
             predicted, self._predicted = self._predicted, []
             for job in predicted:
                 self._accept(job, now)
-            self._place(now)
+            if not self._closing:
+                self._place(now)
             await self._commit_round()
             metrics.ROUND_SECONDS.observe(time.perf_counter() - started)
+            if self._closing:
+                return
 
     async def _commit_round(self) -> None:
         commit, after = self._take()

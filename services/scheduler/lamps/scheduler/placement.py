@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from lamps.model.cost import CostModel
 from lamps.model.strategy import Strategy
+from lamps.scheduler.jobs import STRATEGY_TO_PB, timestamp
 from lamps.scheduler.policy import EngineView
 from lamps.v1 import common_pb2 as cpb
 from lamps.v1 import scheduler_pb2 as pb
@@ -94,8 +95,6 @@ class WorkerHandle:
         )
 
     def status(self) -> pb.WorkerStatus:
-        from lamps.scheduler.jobs import STRATEGY_TO_PB, timestamp
-
         return pb.WorkerStatus(
             worker_id=self.worker_id,
             model=self.model,

@@ -16,13 +16,14 @@ import grpc
 from grpc import aio
 
 from lamps.common.channel import ClientTls
-from lamps.common.server import Service, serve
+from lamps.common.server import ServerStartError, Service, serve
 from lamps.model.cost import get_profile
 from lamps.scheduler.clients import PredictorClient, ToolClient
 from lamps.scheduler.config import SchedulerConfig
 from lamps.scheduler.embedded import embedded_redis
 from lamps.scheduler.leader import LeaderElection
 from lamps.scheduler.lifecycle import Scheduler, Settings
+from lamps.scheduler.placement import WorkerHandle
 from lamps.scheduler.policy import create_policy
 from lamps.scheduler.queue import Store, StoreError, open_store
 from lamps.scheduler.validation import Limits, RequestError, validate_request_id
@@ -134,8 +135,6 @@ class SchedulerApp:
 
 
 def _start_error(message: str) -> Exception:
-    from lamps.common.server import ServerStartError
-
     return ServerStartError(message)
 
 
@@ -256,13 +255,10 @@ class WorkerGatewayServicer(pb_grpc.WorkerGatewayServiceServicer):
     async def _read(
         self,
         scheduler: Scheduler,
-        worker: object,
+        worker: WorkerHandle,
         request_iterator: AsyncIterator[pb.ConnectRequest],
         outbox: asyncio.Queue[pb.ConnectResponse | None],
     ) -> None:
-        from lamps.scheduler.placement import WorkerHandle
-
-        assert isinstance(worker, WorkerHandle)
         try:
             async for message in request_iterator:
                 if message.HasField("report"):
