@@ -242,18 +242,30 @@ async def test_a_predictor_that_is_down_leaves_default_predictions(
     assert fallbacks("unavailable") == before + 1
 
 
-async def test_a_real_predictor_ranks_requests(
+async def test_a_real_predictor_ranks_requests_and_learns_outcomes(
     start_scheduler: StartScheduler, predictor: str
 ) -> None:
     scheduler = await start_scheduler(predictor_address=predictor)
     await scheduler.worker()
-    request_id = await scheduler.submit(make_request(tools=["emulated.qa"]))
+    before = outcomes("qa")
+    request = make_request(
+        tools=["emulated.qa"], segments=[(3, "emulated.qa", 0.01, 2), (1, "", 0, 0)]
+    )
+    request_id = await scheduler.submit(request)
     events = await scheduler.events(request_id)
     prediction = events[0].accepted.prediction
-    # The predictor runs without a model here: durations from it, lengths the defaults.
-    assert prediction.tool == "emulated.qa"
+    # The predictor runs without a model here: the call's type and duration come from it (it
+    # knows tools by type), the lengths are the scheduler's defaults.
+    assert prediction.tool == "qa"
+    assert prediction.call_duration_seconds > 0
     assert prediction.pre_call_tokens > 0
     assert events[-1].finished.state == FINISHED
+    # The call's outcome reaches the predictor in the next batch of outcomes.
+    for _ in range(200):
+        if outcomes("qa") > before:
+            break
+        await asyncio.sleep(0.02)
+    assert outcomes("qa") == before + 1
 
 
 async def test_a_silent_worker_loses_its_requests_to_another(
@@ -288,6 +300,11 @@ async def wait_for_state(scheduler: RunningScheduler, request_id: str, state: in
             return
         await asyncio.sleep(0.02)
     raise AssertionError(f"{request_id} never reached state {state}")
+
+
+def outcomes(tool: str) -> float:
+    value = REGISTRY.get_sample_value("lamps_predictor_outcomes_total", {"tool": tool})
+    return value or 0.0
 
 
 def fallbacks(reason: str) -> float:

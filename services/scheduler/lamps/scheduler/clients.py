@@ -32,6 +32,8 @@ DEFAULT_PRE_CALL_TOKENS = 95
 DEFAULT_POST_CALL_TOKENS = 100
 EMULATED_PREFIX = "emulated."
 MAX_PREDICT_BATCH = 1024
+# The predictor's default --max-prompt-chars.
+PREDICTOR_PROMPT_CHARS = 100_000
 OUTCOME_FLUSH_SECONDS = 0.5
 TOOL_LIST_REFRESH_SECONDS = 30.0
 
@@ -43,6 +45,13 @@ def tool_kind(name: str) -> ToolKind | None:
         return ToolKind(base)
     except ValueError:
         return None
+
+
+def predictor_tool(name: str) -> str:
+    """The name the predictor knows a tool by: its type for the six types (`emulated.qa` is
+    `qa`), the name itself otherwise."""
+    kind = tool_kind(name)
+    return kind.value if kind is not None else name
 
 
 def expected_duration(tool: str, stats: Mapping[str, ToolStats]) -> float:
@@ -104,8 +113,9 @@ class PredictorClient:
                 inputs=[
                     ppb.PredictionInput(
                         request_id=inputs[i].request_id,
-                        prompt=inputs[i].prompt,
-                        tools=inputs[i].tools,
+                        # The model reads a prompt's end; the predictor refuses very long ones.
+                        prompt=inputs[i].prompt[-PREDICTOR_PROMPT_CHARS:],
+                        tools=[predictor_tool(tool) for tool in inputs[i].tools],
                     )
                     for i in chunk
                 ]
@@ -157,7 +167,7 @@ class PredictorClient:
             self._outcomes.append(
                 ppb.Outcome(
                     request_id=request_id,
-                    tool=outcome.tool,
+                    tool=predictor_tool(outcome.tool) if outcome.tool else "",
                     call_duration_seconds=outcome.duration_s,
                     pre_call_tokens=outcome.pre_call_tokens,
                     post_call_tokens=outcome.post_call_tokens,
