@@ -32,8 +32,8 @@ from lamps.scheduler.clients import (
     PredictionInput,
     PredictorClient,
     ToolClient,
-    tool_kind,
 )
+from lamps.scheduler.events import follow
 from lamps.scheduler.jobs import (
     CANCELLED,
     FAILED,
@@ -47,14 +47,13 @@ from lamps.scheduler.jobs import (
 )
 from lamps.scheduler.placement import WorkerHandle, best_fit, roomiest
 from lamps.scheduler.policy import (
-    CallEstimate,
     EngineView,
     Policy,
     RankedQueue,
-    RequestEstimate,
     RequestView,
 )
 from lamps.scheduler.queue import Commit, NotLeaderError, Store, StoreError
+from lamps.scheduler.ranking import estimate, replay_truth
 from lamps.scheduler.reports import ReportHandler
 from lamps.scheduler.validation import (
     Limits,
@@ -69,7 +68,6 @@ log = logging.getLogger(__name__)
 
 # Ended requests kept in memory for GetRequest and Watch; older ones are read from the store.
 RETAINED_ENDED = 10_000
-EVENT_PAGE = 512
 STORE_RETRY_SECONDS = 0.5
 # How often gauges are refreshed: scrapes are seconds apart, rounds milliseconds.
 GAUGE_PERIOD_S = 0.1
@@ -368,9 +366,9 @@ class Scheduler(ReportHandler):
     # Ranking -----------------------------------------------------------------------------------
 
     def _plan(self, job: Job, now: float) -> None:
-        truth = self._truth(job) if self.policy.needs_truth else None
+        truth = replay_truth(job) if self.policy.needs_truth else None
         view = RequestView(
-            arrival_s=job.created_at, enqueued_s=now, estimate=self._estimate(job), truth=truth
+            arrival_s=job.created_at, enqueued_s=now, estimate=estimate(job), truth=truth
         )
         plan = self.policy.plan(view, self._engine_view())
         job.rank, job.strategy = plan.rank, plan.strategy
@@ -384,41 +382,6 @@ class Scheduler(ReportHandler):
             decode_tokens=1,
             iteration_s=self.cost.iteration_s(1),
             cpu_free_tokens=self.cost.cpu_swap_tokens,
-        )
-
-    def _estimate(self, job: Job) -> RequestEstimate:
-        prediction = job.prediction
-        if job.tool_calls == 0:
-            call = None
-            if prediction.tool:
-                call = CallEstimate(
-                    tool_kind(prediction.tool), prediction.call_duration_seconds, 24
-                )
-            pre, post = prediction.pre_call_tokens, prediction.post_call_tokens
-        else:
-            call, pre, post = None, prediction.post_call_tokens or prediction.pre_call_tokens, 0
-        return RequestEstimate(
-            context_tokens=job.context_tokens,
-            pre_call_tokens=max(pre - job.segment_tokens, 1),
-            call=call,
-            post_call_tokens=post,
-        )
-
-    def _truth(self, job: Job) -> RequestEstimate:
-        segments = job.replay_segments()
-        current = segments[0]
-        call = None
-        post = 0
-        if current.tool and len(segments) > 1:
-            call = CallEstimate(
-                tool_kind(current.tool), current.tool_duration_seconds, current.tool_output_tokens
-            )
-            post = segments[1].output_tokens
-        return RequestEstimate(
-            context_tokens=job.context_tokens,
-            pre_call_tokens=current.output_tokens,
-            call=call,
-            post_call_tokens=post,
         )
 
     # Queue and placement -----------------------------------------------------------------------
@@ -708,35 +671,8 @@ class Scheduler(ReportHandler):
             job = Job.from_record(request_id, stored)
             if not job.ended:
                 self.require_leader()
-        _check_offset(job, from_offset)
-        position = from_offset
-        while True:
-            changed = job.changed
-            if position < job.events_base:
-                page = await self.store.events(
-                    request_id, position, min(EVENT_PAGE, job.events_base - position)
-                )
-                if not page:
-                    raise RequestError(
-                        grpc.StatusCode.DATA_LOSS,
-                        f"events of {request_id} from offset {position} are no longer stored",
-                    )
-                for raw in page:
-                    event = cpb.RequestEvent.FromString(raw)
-                    yield event
-                    if event.HasField("finished"):
-                        return
-                position += len(page)
-                continue
-            while position < job.published:
-                event = job.events[position - job.events_base]
-                yield event
-                if event.HasField("finished"):
-                    return
-                position += 1
-            if job.ended and position >= job.published == job.next_offset:
-                return  # watched from the end of a finished log: nothing more will come
-            await changed.wait()
+        async for event in follow(job, self.store, from_offset):
+            yield event
 
     def status(self) -> pb.ClusterStatusResponse:
         starved = len(self.queue.starved()) if self.policy.starvation_threshold else 0
@@ -793,12 +729,3 @@ def _resolve(future: asyncio.Future[None]) -> None:
 
 def _unknown(request_id: str) -> str:
     return f"no request {request_id!r}: it was never submitted here or its record has expired"
-
-
-def _check_offset(job: Job, offset: int) -> None:
-    if offset > job.next_offset:
-        raise RequestError(
-            grpc.StatusCode.OUT_OF_RANGE,
-            f"from_offset={offset} is beyond the log of {job.request_id}, whose next event "
-            f"has offset {job.next_offset}",
-        )
