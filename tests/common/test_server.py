@@ -41,7 +41,7 @@ STANDARD = ["grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"]
 READY_AT_START = {"scheduler": SERVING, "worker": NOT_SERVING, "predictor": SERVING}
 # What an empty call of each service's first RPC gets once it reaches the servicer.
 REACHED = {
-    "scheduler": grpc.StatusCode.UNIMPLEMENTED,
+    "scheduler": grpc.StatusCode.INVALID_ARGUMENT,
     "predictor": grpc.StatusCode.INVALID_ARGUMENT,
     "tool-runner": grpc.StatusCode.OK,
 }
@@ -145,12 +145,13 @@ async def test_bearer_tokens_guard_each_service(start_service: StartService) -> 
         for token in ("client-a", "client-b"):
             with pytest.raises(aio.AioRpcError) as caught:
                 await call_first_rpc("scheduler", channel, token)
-            assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+            assert caught.value.code() == REACHED["scheduler"]
 
         gateway = scheduler_pb2_grpc.WorkerGatewayServiceStub(channel)
         for token, code in [
             ("client-a", grpc.StatusCode.UNAUTHENTICATED),
-            ("cluster", grpc.StatusCode.UNIMPLEMENTED),
+            # An empty first message reaches the gateway, which wants a Register first.
+            ("cluster", grpc.StatusCode.FAILED_PRECONDITION),
         ]:
             call = gateway.Connect(
                 iter([scheduler_pb2.ConnectRequest()]),

@@ -249,10 +249,10 @@ async def test_rendered_containers_start_serve_and_take_the_rendered_tokens(
     async with aio.insecure_channel(scheduler.target) as channel:
         front = scheduler_pb2_grpc.SchedulerServiceStub(channel)
         submit = scheduler_pb2.SubmitRequest()
-        # Past authentication; the scheduler's own RPCs land with its issue.
+        # Past authentication: the scheduler itself refuses the empty request.
         await expect_code(
             front.Submit(submit, metadata=bearer(client_token), timeout=10),
-            grpc.StatusCode.UNIMPLEMENTED,
+            grpc.StatusCode.INVALID_ARGUMENT,
         )
         await expect_code(
             front.Submit(submit, metadata=bearer(internal), timeout=10),
