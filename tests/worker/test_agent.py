@@ -364,3 +364,31 @@ async def test_swap_moves_the_kv_to_cpu_memory_while_the_tool_runs(
     await connection.send(resume=pb.Resume(request_id="swapped", append_tokens=3))
     await gateway.wait(lambda: gateway.ended("swapped"))
     assert len(gateway.tokens("swapped")) == 9
+
+
+class _FaultyResume(SimEngine):
+    """A sim engine whose resume has a bug: the agent must contain it."""
+
+    async def resume(self, request_id: str, append_text: str = "", append_tokens: int = 0) -> None:
+        raise RuntimeError("injected fault")
+
+
+async def test_an_engine_bug_on_one_instruction_is_refused_as_internal_and_others_run_on(
+    gateway: LoopbackGateway,
+) -> None:
+    config = WorkerConfig(
+        scheduler_address=gateway.target, cluster_token=CLUSTER_TOKEN, drain_seconds=0.0
+    )
+    agent = Agent(_FaultyResume(get_profile("gptj-6b-a100"), time_scale=50.0), config)
+    async with agent.running():
+        connection = await gateway.connection()
+        await connection.send(admit=admit("paused", [(3, TOOL), (3, "")]))
+        await connection.send(admit=admit("other", [(20, "")]))
+        await gateway.wait(lambda: bool(gateway.updates("paused", "intercepted")))
+        await connection.send(resume=pb.Resume(request_id="paused", append_tokens=3))
+        await gateway.wait(lambda: bool(gateway.refusals("paused")) and gateway.ended("other"))
+        (refusal,) = gateway.refusals("paused")
+        assert refusal.code == grpc.StatusCode.INTERNAL.value[0]
+        assert "injected fault" in refusal.message
+        assert len(gateway.tokens("other")) == 20
+        assert len(gateway.connections) == 1  # the stream survived

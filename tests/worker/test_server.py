@@ -154,3 +154,28 @@ async def test_strategies_reach_the_register_of_a_served_worker(
     assert register.kv.total_blocks == 100
     assert common_pb2.STRATEGY_SWAP in register.strategies
     assert await stop(worker) == 0
+
+
+async def test_a_drain_while_the_scheduler_is_away_is_delivered_when_it_returns(
+    gateway: LoopbackGateway, start_service: StartService
+) -> None:
+    worker = start_worker(start_service, gateway, "--drain-seconds", "0.2")
+    connection = await gateway.connection()
+    await connection.send(admit=admit("held", [(LONG, "")]))
+    await gateway.wait(lambda: bool(gateway.updates("held", "tokens")))
+    await gateway.stop()
+    worker.proc.send_signal(signal.SIGTERM)
+    # The worker hands the request back while nobody listens, then waits to say so.
+    for _ in range(500):
+        if any(r["msg"] == "drained" for r in worker.records()):
+            break
+        await asyncio.sleep(0.02)
+    assert worker.proc.poll() is None
+    await gateway.start()
+    again = await gateway.connection(1)
+    assert list(again.register.held_request_ids) == []
+    assert await asyncio.to_thread(worker.proc.wait, 60) == 0
+    (released,) = gateway.distinct("held", "released")
+    assert released.released.reason == pb.RELEASE_REASON_DRAINED
+    assert released.released.generated_tokens == len(gateway.tokens("held"))
+    assert any(r.draining for r in again.reports)

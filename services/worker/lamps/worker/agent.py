@@ -387,6 +387,11 @@ class Agent:
             self._refuse(body.request_id, kind, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except EngineError as exc:
             self._refuse(body.request_id, kind, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        except Exception as exc:
+            # An engine bug: say so about this request and keep serving the others.
+            log.exception("the engine failed on %s", kind, extra={"request_id": body.request_id})
+            text = f"the worker's engine failed: {type(exc).__name__}: {exc}"
+            self._refuse(body.request_id, kind, grpc.StatusCode.INTERNAL, text)
 
     async def _obey(self, kind: str, body: Any) -> None:
         engine = self.engine

@@ -25,7 +25,7 @@ import json
 import logging
 from collections import deque
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from lamps.model.cost import CostModel, get_profile
 from lamps.model.engine import EngineModel, Iteration, Phase, Sequence
@@ -87,7 +87,7 @@ class _Request:
     segment: synthetic.Segment = _NO_SEGMENT
     emitted: int = 0  # tokens of `segment` reported so far
     started: bool = False
-    queued: int = field(default=0)  # bumped on each wait, so stale heap entries are skipped
+    queued: int = 0  # bumped on each wait and drop, so stale heap entries are skipped
 
     @property
     def request_id(self) -> str:
@@ -189,9 +189,9 @@ class SimEngine(Engine):
         return list(self._requests)
 
     def events(self) -> AsyncIterator[EngineEvent]:
-        return self._drain_events()
+        return self._stream_events()
 
-    async def _drain_events(self) -> AsyncIterator[EngineEvent]:
+    async def _stream_events(self) -> AsyncIterator[EngineEvent]:
         while (event := await self._queue.get()) is not None:
             yield event
 
