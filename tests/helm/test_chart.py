@@ -257,15 +257,34 @@ def test_an_existing_auth_secret_replaces_the_generated_one() -> None:
     manifests = render((), ("auth.existingSecret=my-tokens",))
     assert not [m for m in manifests if m["kind"] == "Secret" and component_of(m) == "auth"]
     (container,) = containers(find(manifests, "Deployment", "scheduler"))
-    refs = {e["valueFrom"]["secretKeyRef"]["name"] for e in container["env"] if "valueFrom" in e}
+    tokens = {"client-tokens", "cluster-tokens", "internal-token"}
+    refs = {
+        ref["name"]
+        for e in container["env"]
+        if (ref := e.get("valueFrom", {}).get("secretKeyRef")) and ref["key"] in tokens
+    }
     assert refs == {"my-tokens"}
 
 
 @pytest.mark.parametrize("component", [*COMPONENTS, "redis"])
 def test_each_component_can_be_turned_off(component: str) -> None:
     key = {"tool-runner": "toolRunner"}.get(component, component)
-    manifests = render((), (f"{key}.enabled=false", *EVERYTHING))
+    # Without the bundled Redis the scheduler needs another one.
+    elsewhere = ("redis.external.url=redis://redis.example:6379/0",) if component == "redis" else ()
+    manifests = render((), (f"{key}.enabled=false", *elsewhere, *EVERYTHING))
     assert not [m for m in manifests if component_of(m) == component]
+
+
+def test_a_scheduler_without_any_redis_is_refused() -> None:
+    with pytest.raises(pytest.fail.Exception, match=r"live in Redis: set redis\.enabled=true"):
+        render((), ("redis.enabled=false",))
+
+
+def test_a_vllm_worker_without_a_model_is_refused() -> None:
+    with pytest.raises(
+        pytest.fail.Exception, match=r"worker\.model: the vllm engine needs a model"
+    ):
+        render((), ("worker.model=",))
 
 
 def test_the_dashboard_is_a_labelled_configmap_over_exported_series() -> None:
