@@ -99,6 +99,19 @@ async def test_ends_at_end_of_sequence_and_at_a_stop_string(
     assert done.completion_tokens < 50
 
 
+async def test_a_closing_marker_without_a_call_is_text(
+    vllm_engine: VllmEngine, vllm_events: EventLog
+) -> None:
+    request_id = vllm_events.new_id("no-call")
+    # "{}}" is followed by </tool_call> with no <tool_call> before it: not a call.
+    await vllm_engine.admit(AdmitSpec(request_id, 6, prompt="{}}"))
+    events, done = await vllm_events.until(request_id, Completed)
+    assert not any(isinstance(e, ToolCalled) for e in events)
+    text = "".join(t.text for t in tokens_of(events))
+    assert text.split() == ["</tool_call>", "w0", "w1", "w2", "w3", "w4"]
+    assert (done.reason, done.completion_tokens) == (FinishReason.LENGTH, 6)
+
+
 async def test_preserve_keeps_the_kv_through_the_tool_call_and_resumes_token_exact(
     vllm_engine: VllmEngine, vllm_events: EventLog
 ) -> None:
@@ -107,6 +120,8 @@ async def test_preserve_keeps_the_kv_through_the_tool_call_and_resumes_token_exa
     await vllm_engine.admit(AdmitSpec(request_id, 50, prompt=prompt))
     calling, call = await vllm_events.until(request_id, ToolCalled)
     assert (call.name, json.loads(call.arguments_json)) == ("calc", {})
+    text = "".join(t.text for t in tokens_of(calling)).split()
+    assert text == ["<tool_call>", '{"name":', '"calc",', '"arguments":', "{}}", "</tool_call>"]
     assert call.strategy is Strategy.PRESERVE
     assert call.context_tokens == 151 + 6  # <tool_call> 4 words </tool_call>
     assert request_id in vllm_engine.held()

@@ -340,6 +340,7 @@ class VllmEngine(Engine):
             ids = await self._context_of(spec)
         finally:
             self._admitting.discard(request_id)
+        self._check_started()  # closed while it tokenized
         if len(ids) >= self._max_model_len:
             raise EngineError(
                 f"request {request_id} has {len(ids)} context tokens; this model takes at most "
@@ -440,6 +441,7 @@ class VllmEngine(Engine):
             seed=sampling.seed,
             stop_token_ids=stop_ids,
             ignore_eos=bool(request.replay),
+            include_stop_str_in_output=True,  # the text shows the call's closing marker
             output_kind=RequestOutputKind.DELTA,
         )
 
