@@ -12,6 +12,9 @@ the blocks to host memory, and resumes with the full context, which loads them b
 vLLM drops a chunk's last sampled token from the session (it was never computed), so each next
 chunk starts with that token: the session's tokens stay exactly the request's context.
 
+Sessions refuse stop strings, so `Sampling.stop` is matched here on the streamed text: the request
+ends after the token that completes a stop string (that token's text is streamed too).
+
 The engine core runs in one child process (AsyncLLM's design; `VLLM_ENABLE_V1_MULTIPROCESSING=0`
 with the "uni" executor keeps the model in that same process instead of a further worker). So
 model steps never block this event loop; start-up and shutdown run in a thread. A program that
