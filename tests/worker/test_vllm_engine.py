@@ -348,6 +348,10 @@ async def test_refuses_bad_calls_without_disturbing_a_running_request(
         await vllm_engine.resume(running, append_text="x")
     with pytest.raises(EngineError, match="at most"):
         await vllm_engine.admit(AdmitSpec("long", 5, prompt=filler(MAX_MODEL_LEN)))
+    with pytest.raises(EngineError, match="outside this model's vocabulary"):
+        await vllm_engine.admit(AdmitSpec("alien", 5, context_token_ids=(1, 10**6)))
+    with pytest.raises(EngineError, match="outside this model's vocabulary"):
+        await vllm_engine.admit(AdmitSpec("negative", 5, context_token_ids=(-1,)))
     with pytest.raises(EngineError, match="neither a prompt"):
         await vllm_engine.admit(AdmitSpec("empty", 5))
     with pytest.raises(EngineError, match="no tokens left"):

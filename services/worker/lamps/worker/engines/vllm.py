@@ -93,6 +93,7 @@ class VllmEngine(Engine):
         self._markers: tool_calls.Markers | None = None
         self._filler = 0
         self._max_model_len = 0
+        self._vocab_size = 0
         self._gauge: KvGauge | None = None
         self._cpu_blocks = 0
         self._requests: dict[str, RequestState] = {}
@@ -179,6 +180,7 @@ class VllmEngine(Engine):
         ]
         config = llm.vllm_config
         self._max_model_len = int(config.model_config.max_model_len)
+        self._vocab_size = int(config.model_config.get_vocab_size())
         block_size = int(config.cache_config.block_size)
         # vLLM's usage counts against num_gpu_blocks - 1: block 0 is its null block.
         self._gauge = KvGauge(int(config.cache_config.num_gpu_blocks) - 1, block_size)
@@ -238,6 +240,11 @@ class VllmEngine(Engine):
         finally:
             self._admitting.discard(request_id)
         self._check_started()  # closed while it tokenized
+        if any(not 0 <= i < self._vocab_size for i in spec.context_token_ids):
+            raise EngineError(
+                f"request {request_id} has context token ids outside this model's vocabulary "
+                f"(0 to {self._vocab_size - 1})"
+            )
         if len(ids) >= self._max_model_len:
             raise EngineError(
                 f"request {request_id} has {len(ids)} context tokens; this model takes at most "
