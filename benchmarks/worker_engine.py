@@ -216,6 +216,8 @@ class Result:
     # cancels the drift of a shared machine better than a ratio of medians.
     throughput_overhead: float
     ttft_overhead: float
+    # Every timed batch, per path: (tokens/s, mean TTFT in seconds).
+    batches: dict[str, list[tuple[float, float]]]
 
 
 def summarize(args: argparse.Namespace, model: str, runs: dict[str, list[Batch]]) -> Result:
@@ -245,9 +247,8 @@ def summarize(args: argparse.Namespace, model: str, runs: dict[str, list[Batch]]
         tps(runs["session"]),
         ttft(runs["session"]),
         statistics.median(1 - o.tokens_per_s / d.tokens_per_s for o, d in pairs),
-        statistics.median(
-            statistics.mean(o.ttft_s) / statistics.mean(d.ttft_s) - 1 for o, d in pairs
-        ),
+        statistics.median(mean_ttft(o) / mean_ttft(d) - 1 for o, d in pairs),
+        {mode: [(b.tokens_per_s, mean_ttft(b)) for b in batches] for mode, batches in runs.items()},
     )
 
 

@@ -9,6 +9,7 @@ tool runner and worker, and completes.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import re
 import signal
@@ -214,6 +215,15 @@ async def serving(target: str) -> bool:
     return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
 
 
+async def eventually_serving(target: str) -> bool:
+    deadline = time.monotonic() + 60
+    while not await serving(target):
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.1)
+    return True
+
+
 def bearer(token: str) -> tuple[tuple[str, str]]:
     return (("authorization", f"Bearer {token}"),)
 
@@ -233,7 +243,7 @@ async def test_rendered_containers_start_serve_and_take_the_rendered_tokens(
     for service, _ in started.values():
         # A worker is ready once registered with the scheduler through the rendered
         # LAMPS_SCHEDULER_ADDRESS and LAMPS_CLUSTER_TOKEN.
-        assert await serving(service.target)
+        assert await eventually_serving(service.target)
 
     predictor, predictor_env = started["predictor"]
     internal = predictor_env["LAMPS_AUTH_TOKENS"]

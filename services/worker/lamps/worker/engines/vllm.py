@@ -12,6 +12,9 @@ the blocks to host memory, and resumes with the full context, which loads them b
 vLLM drops a chunk's last sampled token from the session (it was never computed), so each next
 chunk starts with that token: the session's tokens stay exactly the request's context.
 
+Sessions refuse stop strings, so `Sampling.stop` is matched here on the streamed text: the request
+ends after the token that completes a stop string (that token's text is streamed too).
+
 The engine core runs in one child process (AsyncLLM's design; `VLLM_ENABLE_V1_MULTIPROCESSING=0`
 with the "uni" executor keeps the model in that same process instead of a further worker). So
 model steps never block this event loop; start-up and shutdown run in a thread. A program that
@@ -21,15 +24,12 @@ starts this engine needs an `if __name__ == "__main__":` guard: the child is spa
 from __future__ import annotations
 
 import asyncio
-import enum
 import json
 import logging
 import os
-import struct
 from collections import deque
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from lamps.model.strategy import Strategy
 from lamps.worker.engines import tool_calls
@@ -45,12 +45,27 @@ from lamps.worker.engines.base import (
     KvReport,
     Released,
     ReleaseReason,
-    ReplaySegment,
     Started,
     Tokens,
     ToolCalled,
     UnknownRequestError,
     UnsupportedStrategyError,
+)
+from lamps.worker.engines.vllm_config import (
+    VllmOptions,
+    VllmSettings,
+    block_bytes,
+    can_offload_kv,
+    engine_args,
+    rank_priority,
+)
+from lamps.worker.engines.vllm_requests import (
+    RequestState,
+    Session,
+    State,
+    check_admission,
+    input_chunks,
+    is_paused,
 )
 from lamps.worker.engines.vllm_stats import KvGauge, stat_logger_factory
 
@@ -59,95 +74,6 @@ if TYPE_CHECKING:
     from vllm.v1.engine.async_llm import AsyncLLM
 
 log = logging.getLogger(__name__)
-
-MIB = 1 << 20
-
-
-class VllmSettings(Protocol):
-    """The WorkerConfig fields the engine reads."""
-
-    @property
-    def model(self) -> str: ...
-    @property
-    def dtype(self) -> str: ...
-    @property
-    def max_model_len(self) -> int: ...
-    @property
-    def kv_cache_bytes(self) -> int: ...
-    @property
-    def block_size(self) -> int: ...
-    @property
-    def max_running(self) -> int: ...
-    @property
-    def swap_space_bytes(self) -> int: ...
-    @property
-    def seed(self) -> int: ...
-
-
-@dataclass(frozen=True)
-class VllmOptions:
-    """How to build the AsyncLLM; zeros mean vLLM's defaults."""
-
-    model: str  # a local folder or a hub id
-    dtype: str = "auto"
-    max_model_len: int = 0
-    kv_cache_bytes: int = 0  # 0: vLLM sizes the cache from free device memory
-    block_size: int = 0  # 0: the platform's default (128 on the CPU)
-    max_running: int = 16
-    swap_space_bytes: int = 0  # CPU memory for Swap (CUDA only); 0: no Swap
-    seed: int = 0
-
-
-def rank_priority(rank: float) -> int:
-    """vLLM's integer priority (lower runs first) with the order of the float rank, exactly."""
-    bits: int = struct.unpack(">q", struct.pack(">d", rank))[0]
-    return bits if bits >= 0 else -(bits & 0x7FFF_FFFF_FFFF_FFFF) - 1
-
-
-def can_offload_kv() -> bool:
-    """Whether this platform supports vLLM's CPU KV offloading (CUDA-alike and XPU only)."""
-    from vllm.platforms import current_platform
-
-    return bool(current_platform.is_cuda_alike() or current_platform.is_xpu())
-
-
-class _State(enum.Enum):
-    RUNNING = "running"  # in a vLLM session that generates
-    PAUSED = "paused"  # in a tool call, its session open (Preserve)
-    SWAPPED = "swapped"  # in a tool call, its session closed with its KV offloaded (Swap)
-
-
-@dataclass(eq=False)
-class _Session:
-    """One vLLM streaming-input request."""
-
-    vllm_id: str
-    inputs: asyncio.Queue[Any]  # StreamingInput chunks; None closes the session
-    kv_tokens: int
-    live: bool = True  # False once the engine has decided its end: later outputs are ignored
-
-
-@dataclass(eq=False)
-class _Request:
-    spec: AdmitSpec
-    priority: int
-    context: list[int]
-    generated: int  # all its generated tokens, before this admission too
-    strategy: Strategy
-    replay: deque[ReplaySegment]
-    recompute_base: int  # context tokens computed before this admission (for Started)
-    state: _State = _State.RUNNING
-    started: bool = False
-    segment_generated: int = 0  # since the last tool call (or this admission)
-    segment_start: int = 0  # index in context of the first token generated since then
-    calls: int = 0
-    text_tail: str = ""  # recent output text, for stop strings
-    session: _Session | None = None
-    chunk: list[int] = field(default_factory=list)
-
-    @property
-    def id(self) -> str:
-        return self.spec.request_id
 
 
 class VllmEngine(Engine):
@@ -167,9 +93,10 @@ class VllmEngine(Engine):
         self._markers: tool_calls.Markers | None = None
         self._filler = 0
         self._max_model_len = 0
+        self._vocab_size = 0
         self._gauge: KvGauge | None = None
         self._cpu_blocks = 0
-        self._requests: dict[str, _Request] = {}
+        self._requests: dict[str, RequestState] = {}
         self._admitting: set[str] = set()
         self._events: asyncio.Queue[EngineEvent | None] = asyncio.Queue()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -178,18 +105,8 @@ class VllmEngine(Engine):
 
     @classmethod
     def from_config(cls, config: VllmSettings) -> VllmEngine:
-        return cls(
-            VllmOptions(
-                model=config.model,
-                dtype=config.dtype,
-                max_model_len=config.max_model_len,
-                kv_cache_bytes=config.kv_cache_bytes,
-                block_size=config.block_size,
-                max_running=config.max_running,
-                swap_space_bytes=config.swap_space_bytes,
-                seed=config.seed,
-            )
-        )
+        """The engine `lamps worker serve --engine vllm` runs, from its WorkerConfig."""
+        return cls(VllmOptions.of(config))
 
     # -- what the agent reads ------------------------------------------------------------------
 
@@ -224,7 +141,7 @@ class VllmEngine(Engine):
         swapped = sum(
             -(-len(r.context) // self._gauge.block_size)
             for r in self._requests.values()
-            if r.state is _State.SWAPPED
+            if r.state is State.SWAPPED
         )
         return self._gauge.report(self._cpu_blocks, swapped)
 
@@ -263,11 +180,12 @@ class VllmEngine(Engine):
         ]
         config = llm.vllm_config
         self._max_model_len = int(config.model_config.max_model_len)
+        self._vocab_size = int(config.model_config.get_vocab_size())
         block_size = int(config.cache_config.block_size)
         # vLLM's usage counts against num_gpu_blocks - 1: block 0 is its null block.
         self._gauge = KvGauge(int(config.cache_config.num_gpu_blocks) - 1, block_size)
         if self._swap:
-            self._cpu_blocks = self.options.swap_space_bytes // _block_bytes(config)
+            self._cpu_blocks = self.options.swap_space_bytes // block_bytes(config)
         log.info(
             "vllm engine ready",
             extra={
@@ -281,30 +199,11 @@ class VllmEngine(Engine):
         )
 
     def _build(self) -> AsyncLLM:
-        from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        o = self.options
-        args: dict[str, Any] = {
-            "model": o.model,
-            "dtype": o.dtype,
-            "max_num_seqs": o.max_running,
-            "seed": o.seed,
-            "scheduling_policy": "priority",
-            "distributed_executor_backend": "uni",
-            "enable_prefix_caching": True,
-        }
-        if o.max_model_len:
-            args["max_model_len"] = o.max_model_len
-        if o.kv_cache_bytes:
-            args["kv_cache_memory_bytes"] = o.kv_cache_bytes
-        if o.block_size:
-            args["block_size"] = o.block_size
-        if self._swap:
-            args["kv_offloading_backend"] = "native"
-            args["kv_offloading_size"] = o.swap_space_bytes / (1 << 30)
+        args = engine_args(self.options, swap=self._swap)
         logger = stat_logger_factory(lambda: self._gauge)
-        return AsyncLLM.from_engine_args(AsyncEngineArgs(**args), stat_loggers=[logger])
+        return AsyncLLM.from_engine_args(args, stat_loggers=[logger])
 
     async def close(self) -> None:
         if self._closed:
@@ -334,18 +233,24 @@ class VllmEngine(Engine):
         if request_id in self._requests or request_id in self._admitting:
             raise DuplicateRequestError(f"request {request_id} is already held by this engine")
         self._check_strategy(spec.strategy)
-        _check_admission(spec)
+        check_admission(spec)
         self._admitting.add(request_id)
         try:
             ids = await self._context_of(spec)
         finally:
             self._admitting.discard(request_id)
+        self._check_started()  # closed while it tokenized
+        if any(not 0 <= i < self._vocab_size for i in spec.context_token_ids):
+            raise EngineError(
+                f"request {request_id} has context token ids outside this model's vocabulary "
+                f"(0 to {self._vocab_size - 1})"
+            )
         if len(ids) >= self._max_model_len:
             raise EngineError(
                 f"request {request_id} has {len(ids)} context tokens; this model takes at most "
                 f"{self._max_model_len - 1} (max_model_len {self._max_model_len})"
             )
-        request = _Request(
+        request = RequestState(
             spec=spec,
             priority=rank_priority(spec.rank),
             context=ids,
@@ -366,32 +271,32 @@ class VllmEngine(Engine):
 
     async def resume(self, request_id: str, append_text: str = "", append_tokens: int = 0) -> None:
         request = self._get(request_id)
-        if request.state is _State.RUNNING:
+        if request.state is State.RUNNING:
             raise EngineError(f"request {request_id} is not paused in a tool call")
         appended = await self._encode_appended(append_text, append_tokens)
-        if self._requests.get(request_id) is not request or not _paused(request):
+        if self._requests.get(request_id) is not request or not is_paused(request):
             raise UnknownRequestError(request_id)  # dropped or resumed while we tokenized
         last = request.context[-1]
         request.context.extend(appended)
         request.segment_start = len(request.context)
-        if request.state is _State.PAUSED and request.session is not None:
-            request.state = _State.RUNNING
+        if request.state is State.PAUSED and request.session is not None:
+            request.state = State.RUNNING
             self._send_chunk(request, request.session, [last, *appended])
         else:
-            request.state = _State.RUNNING
+            request.state = State.RUNNING
             self._open_session(request, list(request.context))
 
     async def pause(self, request_id: str, strategy: Strategy) -> None:
         self._check_strategy(strategy)
         request = self._get(request_id)
         previous, request.strategy = request.strategy, strategy
-        if request.state is _State.RUNNING or strategy is previous:
+        if request.state is State.RUNNING or strategy is previous:
             return
         if strategy is Strategy.DISCARD:
             await self._release(request, ReleaseReason.DISCARDED)
-        elif strategy is Strategy.SWAP and request.state is _State.PAUSED:
+        elif strategy is Strategy.SWAP and request.state is State.PAUSED:
             self._end_session(request)
-            request.state = _State.SWAPPED
+            request.state = State.SWAPPED
         # SWAPPED -> PRESERVE: the KV comes back from CPU memory when the request resumes.
 
     async def preempt(
@@ -404,16 +309,16 @@ class VllmEngine(Engine):
 
     # -- sessions --------------------------------------------------------------------------------
 
-    def _open_session(self, request: _Request, prompt: list[int]) -> None:
+    def _open_session(self, request: RequestState, prompt: list[int]) -> None:
         self._sessions += 1
-        session = _Session(f"{request.id}#{self._sessions}", asyncio.Queue(), len(prompt))
+        session = Session(f"{request.id}#{self._sessions}", asyncio.Queue(), len(prompt))
         request.session = session
         self._send_chunk(request, session, prompt)
         task = asyncio.create_task(self._run(request, session), name=session.vllm_id)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _send_chunk(self, request: _Request, session: _Session, token_ids: list[int]) -> None:
+    def _send_chunk(self, request: RequestState, session: Session, token_ids: list[int]) -> None:
         from vllm.engine.protocol import StreamingInput
         from vllm.inputs import TokensPrompt
 
@@ -421,7 +326,7 @@ class VllmEngine(Engine):
         prompt = TokensPrompt(prompt_token_ids=list(token_ids))
         session.inputs.put_nowait(StreamingInput(prompt, self._chunk_params(request)))
 
-    def _chunk_params(self, request: _Request) -> Any:
+    def _chunk_params(self, request: RequestState) -> Any:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
@@ -440,10 +345,11 @@ class VllmEngine(Engine):
             seed=sampling.seed,
             stop_token_ids=stop_ids,
             ignore_eos=bool(request.replay),
+            include_stop_str_in_output=True,  # the text shows the call's closing marker
             output_kind=RequestOutputKind.DELTA,
         )
 
-    async def _run(self, request: _Request, session: _Session) -> None:
+    async def _run(self, request: RequestState, session: Session) -> None:
         """Streams one session's outputs into events until the session ends."""
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
@@ -452,7 +358,7 @@ class VllmEngine(Engine):
         last: RequestOutput | None = None
         try:
             stream = llm.generate(
-                _chunks(session.inputs),
+                input_chunks(session.inputs),
                 # Each chunk carries its own parameters; these set how outputs queue up
                 # (deltas merge while this task is busy: none is lost).
                 SamplingParams(max_tokens=1, output_kind=RequestOutputKind.DELTA),
@@ -479,7 +385,7 @@ class VllmEngine(Engine):
             else:
                 self._finish(request, Failed(request.id, f"vLLM ended the request ({reason})"))
 
-    def _on_output(self, request: _Request, session: _Session, out: RequestOutput) -> None:
+    def _on_output(self, request: RequestState, session: Session, out: RequestOutput) -> None:
         output = out.outputs[0]
         if not request.started:
             request.started = True
@@ -501,7 +407,7 @@ class VllmEngine(Engine):
             return  # more to come, or vLLM ended it (handled when the stream ends)
         self._chunk_ended(request, session)
 
-    def _chunk_ended(self, request: _Request, session: _Session) -> None:
+    def _chunk_ended(self, request: RequestState, session: Session) -> None:
         """The session waits for its next chunk: a tool call, the end, or more to generate."""
         if request.generated >= request.spec.max_new_tokens:
             self._complete(request, FinishReason.LENGTH)
@@ -528,7 +434,7 @@ class VllmEngine(Engine):
         else:
             self._complete(request, FinishReason.STOP)  # end of sequence
 
-    def _parse_call(self, request: _Request) -> tool_calls.ToolCall | None:
+    def _parse_call(self, request: RequestState) -> tool_calls.ToolCall | None:
         assert self._markers is not None
         generated = request.context[request.segment_start :]
         span = tool_calls.call_span(generated, self._markers)
@@ -537,10 +443,10 @@ class VllmEngine(Engine):
         body = self._tokenizer.decode(generated[span[0] : span[1]], skip_special_tokens=False)
         return tool_calls.parse_call(body)
 
-    def _tool_call(self, request: _Request, call: tool_calls.ToolCall) -> None:
+    def _tool_call(self, request: RequestState, call: tool_calls.ToolCall) -> None:
         request.calls += 1
         request.segment_generated = 0
-        request.state = _State.PAUSED
+        request.state = State.PAUSED
         self._emit(
             ToolCalled(
                 request_id=request.id,
@@ -556,18 +462,18 @@ class VllmEngine(Engine):
             self._hand_back(request, ReleaseReason.DISCARDED)
         elif request.strategy is Strategy.SWAP:
             self._end_session(request)
-            request.state = _State.SWAPPED
+            request.state = State.SWAPPED
 
     # -- ending ----------------------------------------------------------------------------------
 
-    def _end_session(self, request: _Request) -> None:
+    def _end_session(self, request: RequestState) -> None:
         """Closes a session waiting for input: vLLM frees (or offloads) its blocks."""
         session, request.session = request.session, None
         if session is not None and session.live:
             session.live = False
             session.inputs.put_nowait(None)
 
-    def _abort_session(self, session: _Session) -> None:
+    def _abort_session(self, session: Session) -> None:
         """Stops a session mid-generation; vLLM frees its blocks."""
         if not session.live:
             return
@@ -576,30 +482,30 @@ class VllmEngine(Engine):
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _stop(self, request: _Request) -> None:
+    def _stop(self, request: RequestState) -> None:
         if request.session is None:
             return
-        if request.state is _State.PAUSED:
+        if request.state is State.PAUSED:
             self._end_session(request)
         else:
             session, request.session = request.session, None
             self._abort_session(session)
 
-    async def _release(self, request: _Request, reason: ReleaseReason) -> None:
+    async def _release(self, request: RequestState, reason: ReleaseReason) -> None:
         self._stop(request)
         self._hand_back(request, reason)
 
-    async def _drop(self, request: _Request) -> None:
+    async def _drop(self, request: RequestState) -> None:
         self._requests.pop(request.id, None)
         self._stop(request)
 
-    def _hand_back(self, request: _Request, reason: ReleaseReason) -> None:
+    def _hand_back(self, request: RequestState, reason: ReleaseReason) -> None:
         self._finish(
             request,
             Released(request.id, reason, tuple(request.context), request.generated),
         )
 
-    def _complete(self, request: _Request, reason: FinishReason) -> None:
+    def _complete(self, request: RequestState, reason: FinishReason) -> None:
         self._end_session(request)
         completion = request.generated
         self._finish(
@@ -607,7 +513,7 @@ class VllmEngine(Engine):
             Completed(request.id, reason, len(request.context) - completion, completion),
         )
 
-    def _finish(self, request: _Request, event: EngineEvent) -> None:
+    def _finish(self, request: RequestState, event: EngineEvent) -> None:
         """The request's last event: the engine no longer holds it."""
         if self._requests.get(request.id) is request:
             del self._requests[request.id]
@@ -633,13 +539,13 @@ class VllmEngine(Engine):
                 + ", ".join(sorted(s.value for s in self.strategies))
             )
 
-    def _get(self, request_id: str) -> _Request:
+    def _get(self, request_id: str) -> RequestState:
         request = self._requests.get(request_id)
         if request is None:
             raise UnknownRequestError(f"request {request_id} is not held by this engine")
         return request
 
-    def _hit_stop_string(self, request: _Request, text: str) -> bool:
+    def _hit_stop_string(self, request: RequestState, text: str) -> bool:
         stops = request.spec.sampling.stop
         if not stops:
             return False
@@ -662,42 +568,4 @@ class VllmEngine(Engine):
         return [self._filler] * tokens
 
 
-def _paused(request: _Request) -> bool:
-    return request.state is not _State.RUNNING
-
-
-async def _chunks(inputs: asyncio.Queue[Any]) -> AsyncIterator[Any]:
-    """A session's input stream: chunks until None."""
-    while (chunk := await inputs.get()) is not None:
-        yield chunk
-
-
-def _check_admission(spec: AdmitSpec) -> None:
-    request_id = spec.request_id
-    if not request_id:
-        raise EngineError("a request needs an id")
-    if not spec.prompt and not spec.context_token_ids:
-        raise EngineError(f"request {request_id} has neither a prompt nor context tokens")
-    if spec.max_new_tokens - spec.generated_tokens < 1:
-        raise EngineError(
-            f"request {request_id} has no tokens left to generate "
-            f"(max_new_tokens {spec.max_new_tokens}, generated {spec.generated_tokens})"
-        )
-    if spec.append_tokens < 0 or any(s.output_tokens < 1 for s in spec.replay):
-        raise EngineError(
-            f"request {request_id}: replay segments need at least one output token "
-            "and appended token counts cannot be negative"
-        )
-
-
-def _block_bytes(config: Any) -> int:
-    """Bytes of one KV block on the device (keys and values of every layer)."""
-    model, parallel = config.model_config, config.parallel_config
-    per_token = (
-        2
-        * model.get_num_layers(parallel)
-        * model.get_num_kv_heads(parallel)
-        * model.get_head_size()
-        * model.dtype.itemsize
-    )
-    return max(1, int(per_token) * int(config.cache_config.block_size))
+__all__ = ["VllmEngine", "VllmOptions", "VllmSettings", "rank_priority"]
