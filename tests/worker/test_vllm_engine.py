@@ -280,7 +280,7 @@ async def test_preempt_hands_back_the_exact_context_to_continue_from(
     await vllm_engine.admit(
         AdmitSpec(
             request_id,
-            released.generated_tokens + 3,
+            3,  # still allowed
             context_token_ids=released.context_token_ids,
             generated_tokens=released.generated_tokens,
         )
@@ -355,7 +355,7 @@ async def test_refuses_bad_calls_without_disturbing_a_running_request(
     with pytest.raises(EngineError, match="neither a prompt"):
         await vllm_engine.admit(AdmitSpec("empty", 5))
     with pytest.raises(EngineError, match="no tokens left"):
-        await vllm_engine.admit(AdmitSpec("spent", 5, prompt="w1", generated_tokens=5))
+        await vllm_engine.admit(AdmitSpec("spent", 0, prompt="w1", generated_tokens=5))
     with pytest.raises(EngineError, match="at least one output token"):
         await vllm_engine.admit(AdmitSpec("zero", 5, prompt="w1", replay=(ReplaySegment(0),)))
     with pytest.raises(EngineError, match="temperature"):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TypeVar
 
@@ -36,11 +36,14 @@ class EventLog:
     def __init__(self, engine: Engine) -> None:
         self._queues: defaultdict[str, asyncio.Queue[EngineEvent]] = defaultdict(asyncio.Queue)
         self._ids = itertools.count()
+        self.listeners: list[Callable[[EngineEvent], None]] = []
         self._task = asyncio.create_task(self._read(engine))
 
     async def _read(self, engine: Engine) -> None:
         async for event in engine.events():
             self._queues[event.request_id].put_nowait(event)
+            for listener in self.listeners:
+                listener(event)
 
     def new_id(self, prefix: str) -> str:
         return f"{prefix}-{next(self._ids)}"

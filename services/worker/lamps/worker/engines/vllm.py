@@ -331,7 +331,7 @@ class VllmEngine(Engine):
         from vllm.sampling_params import RequestOutputKind
 
         sampling = request.spec.sampling
-        max_tokens = request.spec.max_new_tokens - request.generated
+        max_tokens = request.limit - request.generated
         stop_ids: list[int] = []
         if request.replay:  # forced lengths: exactly the segment's tokens, EOS or not
             left = request.replay[0].output_tokens - request.segment_generated
@@ -409,7 +409,7 @@ class VllmEngine(Engine):
 
     def _chunk_ended(self, request: RequestState, session: Session) -> None:
         """The session waits for its next chunk: a tool call, the end, or more to generate."""
-        if request.generated >= request.spec.max_new_tokens:
+        if request.generated >= request.limit:
             self._complete(request, FinishReason.LENGTH)
         elif request.replay:
             segment = request.replay[0]

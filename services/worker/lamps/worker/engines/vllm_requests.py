@@ -54,6 +54,11 @@ class RequestState:
     def id(self) -> str:
         return self.spec.request_id
 
+    @property
+    def limit(self) -> int:
+        """Generated tokens at which it ends with LENGTH: `max_new_tokens` are still allowed."""
+        return self.spec.generated_tokens + self.spec.max_new_tokens
+
 
 def is_paused(request: RequestState) -> bool:
     return request.state is not State.RUNNING
@@ -71,10 +76,10 @@ def check_admission(spec: AdmitSpec) -> None:
         raise EngineError("a request needs an id")
     if not spec.prompt and not spec.context_token_ids:
         raise EngineError(f"request {request_id} has neither a prompt nor context tokens")
-    if spec.max_new_tokens - spec.generated_tokens < 1:
+    if spec.max_new_tokens < 1:
         raise EngineError(
             f"request {request_id} has no tokens left to generate "
-            f"(max_new_tokens {spec.max_new_tokens}, generated {spec.generated_tokens})"
+            f"(max_new_tokens {spec.max_new_tokens})"
         )
     if spec.append_tokens < 0 or any(s.output_tokens < 1 for s in spec.replay):
         raise EngineError(
