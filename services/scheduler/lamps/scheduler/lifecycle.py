@@ -26,7 +26,6 @@ from dataclasses import dataclass
 import grpc
 
 from lamps.model.cost import CostModel
-from lamps.model.strategy import Strategy
 from lamps.scheduler import metrics
 from lamps.scheduler.clients import (
     PredictionInput,
@@ -54,6 +53,7 @@ from lamps.scheduler.policy import (
 )
 from lamps.scheduler.queue import Commit, NotLeaderError, Store, StoreError
 from lamps.scheduler.ranking import estimate, replay_truth
+from lamps.scheduler.recovery import rebuild
 from lamps.scheduler.reports import ReportHandler
 from lamps.scheduler.validation import (
     Limits,
@@ -146,7 +146,9 @@ class Scheduler(ReportHandler):
     async def lead(self) -> None:
         """Take over: rebuild from the store, then start the rounds."""
         snapshot = await self.store.load()
-        self._restore(snapshot.records, snapshot.queue, snapshot.starved)
+        state = rebuild(snapshot, self.policy.starvation_threshold, time.monotonic())
+        self.jobs, self.workers, self.queue = state.jobs, state.workers, state.queue
+        self._keys = state.keys
         self._stored_queue = {rid for rid, _ in snapshot.queue} | set(snapshot.starved)
         self.leader = True
         self.leader_id = self.settings.replica_id
@@ -163,59 +165,6 @@ class Scheduler(ReportHandler):
             "leading",
             extra={"replica": self.settings.replica_id, "active": len(self.jobs)},
         )
-
-    def _restore(
-        self,
-        records: dict[str, dict[str, bytes]],
-        queue: list[tuple[str, float]],
-        starved: list[str],
-    ) -> None:
-        now = time.monotonic()
-        for request_id, fields in records.items():
-            try:
-                job = Job.from_record(request_id, fields)
-            except (KeyError, ValueError, TypeError) as exc:
-                log.error(
-                    "unreadable record skipped", extra={"request_id": request_id, "error": str(exc)}
-                )
-                continue
-            self.jobs[request_id] = job
-            if job.idempotency_key:
-                self._keys[job.idempotency_key] = (request_id, job.digest)
-            if job.worker_id and job.state in (RUNNING, IN_TOOL):
-                worker = self.workers.get(job.worker_id)
-                if worker is None:
-                    worker = self._ghost(job.worker_id, now)
-                worker.held.add(request_id)
-                if job.state == IN_TOOL:
-                    worker.in_tool.add(request_id)
-        threshold = self.policy.starvation_threshold or 0
-        order = [rid for rid in starved] + [rid for rid, _ in queue if rid not in starved]
-        order += sorted(
-            (rid for rid, job in self.jobs.items() if job.state == QUEUED and rid not in order),
-            key=lambda rid: self.jobs[rid].rank,
-        )
-        for rid in order:
-            queued = self.jobs.get(rid)
-            if queued is None or queued.state != QUEUED or rid in self.queue:
-                continue
-            passed = threshold if rid in starved else min(queued.passed_over, max(threshold - 1, 0))
-            self.queue.push(rid, queued.rank, queued.created_at, passed_over=passed)
-
-    def _ghost(self, worker_id: str, now: float) -> WorkerHandle:
-        """A worker known only from records: it has a lease's time to reconnect."""
-        worker = WorkerHandle(
-            worker_id=worker_id,
-            model="",
-            engine="",
-            strategies=frozenset(Strategy),
-            max_running=0,
-            kv=cpb.KvUsage(),
-            last_seen=now,
-            last_report_at=time.time(),
-        )
-        self.workers[worker_id] = worker
-        return worker
 
     def step_down(self) -> None:
         """Stop leading at once (the lease was lost): nothing more is written."""
