@@ -554,7 +554,7 @@ class Scheduler(ReportHandler):
             if state == CANCELLED:
                 worker.send(pb.ConnectResponse(abort=pb.Abort(request_id=job.request_id)))
             self._release(worker, job.request_id)
-            worker.forgotten.add(job.request_id)
+            worker.forget(job.request_id)
         tool_task = self._tool_tasks.pop(job.request_id, None)
         if tool_task is not None:
             tool_task.cancel()

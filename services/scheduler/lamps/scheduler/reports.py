@@ -271,7 +271,7 @@ class ReportHandler(ABC):
 
     def _completed(self, job: Job, worker: WorkerHandle, completed: pb.Completed) -> None:
         self._release(worker, job.request_id)
-        worker.forgotten.add(job.request_id)
+        worker.forget(job.request_id)
         job.completion_tokens = max(job.completion_tokens, completed.completion_tokens)
         if completed.prompt_tokens:
             job.prompt_tokens = completed.prompt_tokens
