@@ -132,6 +132,7 @@ class Scheduler(ReportHandler):
         self._round_trips_seen = 0
         self._stored_queue: set[str] = set()
         self._closing = False
+        self._waiting: set[asyncio.Future[None]] = set()
 
     @property
     def report_interval_s(self) -> float:
@@ -176,8 +177,21 @@ class Scheduler(ReportHandler):
             task.cancel()
         for tool_task in self._tool_tasks.values():
             tool_task.cancel()
+        self._fail_waiters()
         log.error("lost the leader lease; this replica stops scheduling")
         self._on_lost()
+
+    def _fail_waiters(self) -> None:
+        """Callers waiting for a round that will not be stored get UNAVAILABLE, not silence."""
+        error = RequestError(
+            grpc.StatusCode.UNAVAILABLE,
+            "this scheduler replica stopped leading before the change was stored; retry (a "
+            "Submit with the same idempotency key is safe to repeat)",
+        )
+        for waiter in [*self._accepting.values(), *self._waiting]:
+            if not waiter.done():
+                waiter.set_exception(error)
+        self._waiting.clear()
 
     async def close(self) -> None:
         """Stop after the round in progress and one last round for what is pending (graceful
@@ -191,6 +205,7 @@ class Scheduler(ReportHandler):
                     await asyncio.wait_for(asyncio.shield(rounds), CLOSE_TIMEOUT_S)
         self.leader = False
         metrics.LEADER.set(0)
+        self._fail_waiters()
         tasks = [*self._tasks, *self._tool_tasks.values()]
         for task in tasks:
             task.cancel()
@@ -539,9 +554,13 @@ class Scheduler(ReportHandler):
     async def wait_committed(self) -> None:
         """Return once everything changed so far is in the store."""
         done = asyncio.get_running_loop().create_future()
+        self._waiting.add(done)
         self._after.append(lambda: _resolve(done))
         self._wake.set()
-        await done
+        try:
+            await done
+        finally:
+            self._waiting.discard(done)
 
     # Ending ------------------------------------------------------------------------------------
 
