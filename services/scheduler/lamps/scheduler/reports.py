@@ -156,9 +156,12 @@ class ReportHandler(ABC):
                 worker.send(pb.ConnectResponse(resume=self._resume_message(job)))
         return sorted(claimed - assigned)
 
-    def disconnected(self, worker: WorkerHandle) -> None:
-        """The stream closed; the worker keeps its requests until its lease runs out."""
-        if self.workers.get(worker.worker_id) is worker:
+    def disconnected(
+        self, worker: WorkerHandle, outbox: asyncio.Queue[pb.ConnectResponse | None]
+    ) -> None:
+        """A stream closed; the worker keeps its requests until its lease runs out (unless it
+        has already registered again on a newer stream)."""
+        if self.workers.get(worker.worker_id) is worker and worker.outbox is outbox:
             worker.outbox = None
             self._wake.set()
 

@@ -267,7 +267,7 @@ class WorkerGatewayServicer(pb_grpc.WorkerGatewayServiceServicer):
                 yield message
         finally:
             reader.cancel()
-            scheduler.disconnected(worker)
+            scheduler.disconnected(worker, outbox)
 
     async def _read(
         self,
