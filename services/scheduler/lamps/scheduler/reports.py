@@ -187,15 +187,16 @@ class ReportHandler(ABC):
         request_id = update.request_id
         job = self.jobs.get(request_id)
         if job is None or job.ended or request_id not in worker.held:
-            if request_id in worker.forgotten:
-                return
+            if request_id in worker.forgotten or (job is not None and job.ended):
+                return  # late or re-sent news of a request that has ended: nothing to do
             self._reject(
                 worker,
                 request_id,
                 f"worker {worker.worker_id!r} does not hold request {request_id!r}",
             )
             return
-        kind = update.WhichOneof("update")
+        # A plain str: a newer worker may send kinds this version does not know.
+        kind = str(update.WhichOneof("update") or "")
         if kind == "started":
             self._started(job, worker, update.started, now)
         elif kind == "tokens":
@@ -214,8 +215,13 @@ class ReportHandler(ABC):
                 cpb.FINISH_REASON_ERROR,
                 f"the engine on worker {worker.worker_id} failed: {update.failed.message}",
             )
-        else:
+        elif kind is None:
             self._reject(worker, request_id, "the update is empty: set one of its fields")
+        else:
+            # A kind this scheduler does not know (a newer worker): nothing to act on.
+            log.info(
+                "unknown update kind ignored", extra={"worker": worker.worker_id, "kind": kind}
+            )
 
     def _reject(self, worker: WorkerHandle, request_id: str, message: str) -> None:
         metrics.REJECTED_WORKER_MESSAGES.inc()
