@@ -203,3 +203,23 @@ async def test_a_preempted_request_is_queued_again_and_runs_elsewhere(
     status = await scheduler.stub.ClusterStatus(pb.ClusterStatusRequest())
     states = {w.worker_id: w.state for w in status.workers}
     assert states == {"first": pb.WORKER_STATE_DRAINING, "second": pb.WORKER_STATE_READY}
+
+
+async def test_an_empty_update_is_refused_and_news_of_ended_requests_ignored(
+    scheduler: RunningScheduler,
+) -> None:
+    worker = await scheduler.worker(auto=False)
+    request_id = await scheduler.submit(make_request())
+    await worker.expect("admit")
+    await worker.report(pb.RequestUpdate(request_id=request_id))
+    rejected = (await worker.expect("rejected")).rejected
+    assert "the update is empty" in rejected.message
+    done = pb.RequestUpdate(request_id=request_id, completed=pb.Completed())
+    await worker.report(done)
+    assert (await scheduler.events(request_id))[-1].finished.state == cpb.REQUEST_STATE_FINISHED
+    # The same end re-sent (as after a reconnect) changes nothing and draws no refusal.
+    await worker.report(done)
+    await worker.report()
+    assert len(worker.of_kind("rejected")) == 1
+    events = await scheduler.events(request_id)
+    assert sum(e.HasField("finished") for e in events) == 1

@@ -215,12 +215,12 @@ class ReportHandler(ABC):
                 cpb.FINISH_REASON_ERROR,
                 f"the engine on worker {worker.worker_id} failed: {update.failed.message}",
             )
-        elif kind is None:
+        elif not kind:
             self._reject(worker, request_id, "the update is empty: set one of its fields")
         else:
-            # A kind this scheduler does not know (a newer worker): nothing to act on.
             log.info(
-                "unknown update kind ignored", extra={"worker": worker.worker_id, "kind": kind}
+                "update of a kind this scheduler does not know ignored",
+                extra={"worker": worker.worker_id, "kind": kind},
             )
 
     def _reject(self, worker: WorkerHandle, request_id: str, message: str) -> None:
