@@ -217,9 +217,12 @@ async def test_an_empty_update_is_refused_and_news_of_ended_requests_ignored(
     done = pb.RequestUpdate(request_id=request_id, completed=pb.Completed())
     await worker.report(done)
     assert (await scheduler.events(request_id))[-1].finished.state == cpb.REQUEST_STATE_FINISHED
-    # The same end re-sent (as after a reconnect) changes nothing and draws no refusal.
-    await worker.report(done)
-    await worker.report()
-    assert len(worker.of_kind("rejected")) == 1
+    # The same end re-sent (as after a reconnect) changes nothing and draws no refusal; an
+    # update about an unknown id after it does, and marks when the scheduler has read both.
+    await worker.report(done, pb.RequestUpdate(request_id="unknown", started=pb.Started()))
+    first = worker.received.index(await worker.expect("rejected"))
+    marker = (await worker.expect("rejected", start=first + 1)).rejected
+    assert marker.request_id == "unknown"
+    assert len(worker.of_kind("rejected")) == 2
     events = await scheduler.events(request_id)
     assert sum(e.HasField("finished") for e in events) == 1
