@@ -404,16 +404,16 @@ class Scheduler(ReportHandler):
             max_new_tokens=max(job.max_tokens - job.completion_tokens, 0),
             strategy=STRATEGY_TO_PB[job.strategy],
             generated_tokens=job.completion_tokens,
-            append_tokens=job.pending_tokens,
+            append_tokens=job.appended_tokens + job.pending_tokens,
         )
-        if job.context_token_ids:
-            admit.context_token_ids.extend(job.context_token_ids)
+        # From the last exact context (the prompt, or what a worker handed back): generated ids
+        # where they are known, and tool output appended since as text (or, in a replay, as a
+        # count). A text prompt continues as its text and everything since, in order.
+        base = job.context_token_ids or list(request.prompt_token_ids)
+        if base:
+            admit.context_token_ids.extend(base)
             admit.context_token_ids.extend(job.token_ids)
-            admit.append_text = job.text + job.pending_text
-        elif request.prompt_token_ids:
-            admit.context_token_ids.extend(request.prompt_token_ids)
-            admit.context_token_ids.extend(job.token_ids)
-            admit.append_text = job.pending_text
+            admit.append_text = job.appended_text + job.pending_text
         else:
             admit.prompt = request.prompt
             admit.append_text = job.text + job.pending_text

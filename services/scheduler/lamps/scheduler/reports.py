@@ -242,6 +242,9 @@ class ReportHandler(ABC):
     def _progressed(self, job: Job, worker: WorkerHandle) -> None:
         """The worker consumed the admission or resume: pending tool output is in its context."""
         worker.reserved.pop(job.request_id, None)
+        job.text += job.pending_text
+        job.appended_text += job.pending_text
+        job.appended_tokens += job.pending_tokens
         job.pending_text, job.pending_tokens, job.resume_sent = "", 0, False
 
     def _started(self, job: Job, worker: WorkerHandle, started: pb.Started, now: float) -> None:
@@ -296,6 +299,7 @@ class ReportHandler(ABC):
         if released.context_token_ids:
             job.context_token_ids = list(released.context_token_ids)
             job.token_ids, job.text = [], ""
+            job.appended_text, job.appended_tokens = "", 0
         reason = RELEASE_REASONS.get(released.reason, "preempted")
         if job.state == IN_TOOL:
             job.worker_id = ""
