@@ -87,6 +87,7 @@ StartScheduler = Callable[..., Awaitable[RunningScheduler]]
 async def serving(config: SchedulerConfig) -> AsyncIterator[RunningScheduler]:
     app = SchedulerApp(config)
     server = Server(config, services(app), lifespan=app.running)
+    app.attach(server)
     await server.start()
     channel = aio.insecure_channel(f"127.0.0.1:{server.port}")
     running = RunningScheduler(server=server, app=app, channel=channel)

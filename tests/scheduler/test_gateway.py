@@ -175,3 +175,54 @@ async def test_updates_resent_after_a_reconnect_are_applied_once(
     assert not worker.of_kind("rejected")
     status = await scheduler.stub.ClusterStatus(pb.ClusterStatusRequest())
     assert [w.worker_id for w in status.workers] == ["w1"]
+
+
+async def test_a_preempted_request_is_queued_again_and_runs_elsewhere(
+    scheduler: RunningScheduler,
+) -> None:
+    first = await scheduler.worker("first", auto=False)
+    request_id = await scheduler.submit(make_request())
+    await first.expect("admit")
+    # The worker drains: it takes nothing new and hands the request back.
+    await first.report(
+        pb.RequestUpdate(request_id=request_id, tokens=cpb.TokenDelta(token_ids=[1, 2])),
+        pb.RequestUpdate(
+            request_id=request_id,
+            released=pb.Released(
+                reason=pb.RELEASE_REASON_DRAINED, context_token_ids=[9] * 12, generated_tokens=2
+            ),
+        ),
+        draining=True,
+    )
+    second = await scheduler.worker("second", auto=False)
+    readmit = (await second.expect("admit")).admit
+    assert readmit.request_id == request_id
+    assert list(readmit.context_token_ids) == [9] * 12
+    assert readmit.generated_tokens == 2
+    assert len(first.of_kind("admit")) == 1
+    status = await scheduler.stub.ClusterStatus(pb.ClusterStatusRequest())
+    states = {w.worker_id: w.state for w in status.workers}
+    assert states == {"first": pb.WORKER_STATE_DRAINING, "second": pb.WORKER_STATE_READY}
+
+
+async def test_an_empty_update_is_refused_and_news_of_ended_requests_ignored(
+    scheduler: RunningScheduler,
+) -> None:
+    worker = await scheduler.worker(auto=False)
+    request_id = await scheduler.submit(make_request())
+    await worker.expect("admit")
+    await worker.report(pb.RequestUpdate(request_id=request_id))
+    rejected = (await worker.expect("rejected")).rejected
+    assert "the update is empty" in rejected.message
+    done = pb.RequestUpdate(request_id=request_id, completed=pb.Completed())
+    await worker.report(done)
+    assert (await scheduler.events(request_id))[-1].finished.state == cpb.REQUEST_STATE_FINISHED
+    # The same end re-sent (as after a reconnect) changes nothing and draws no refusal; an
+    # update about an unknown id after it does, and marks when the scheduler has read both.
+    await worker.report(done, pb.RequestUpdate(request_id="unknown", started=pb.Started()))
+    first = worker.received.index(await worker.expect("rejected"))
+    marker = (await worker.expect("rejected", start=first + 1)).rejected
+    assert marker.request_id == "unknown"
+    assert len(worker.of_kind("rejected")) == 2
+    events = await scheduler.events(request_id)
+    assert sum(e.HasField("finished") for e in events) == 1

@@ -337,3 +337,43 @@ async def test_a_request_passed_over_moves_to_the_starved_lane(
         await worker.report(pb.RequestUpdate(request_id=request_id, completed=pb.Completed()))
     # Two admissions passed the long one over: it moved to the lane, ahead of the last short.
     assert order == [shorts[0], shorts[1], long, shorts[2]]
+
+
+async def test_a_lost_request_continues_elsewhere_from_everything_recorded(
+    start_scheduler: StartScheduler,
+) -> None:
+    scheduler = await start_scheduler(
+        policy="infercept", worker_lease_seconds=0.5, report_interval_seconds=0.1
+    )
+    lost = await scheduler.worker("lost", auto=False, heartbeat=False)
+    request_id = await scheduler.submit(make_request("Question:"))
+    await lost.expect("admit")
+    arguments = '{"duration_seconds": 0.01, "output_tokens": 2}'
+    await lost.report(
+        pb.RequestUpdate(
+            request_id=request_id, tokens=cpb.TokenDelta(token_ids=[1, 2], text=" ab")
+        ),
+        pb.RequestUpdate(
+            request_id=request_id,
+            intercepted=pb.Intercepted(
+                call=cpb.ToolCall(call_id="c1", name="emulated.qa", arguments_json=arguments),
+                strategy=cpb.STRATEGY_PRESERVE,
+            ),
+        ),
+    )
+    resume = (await lost.expect("resume")).resume
+    assert resume.append_text
+    await lost.report(
+        pb.RequestUpdate(
+            request_id=request_id,
+            tokens=cpb.TokenDelta(token_ids=[3], text=" c", start_index=2),
+        )
+    )
+    # The worker falls silent; another takes the request over from what the scheduler recorded.
+    other = await scheduler.worker("other", auto=False)
+    admit = (await other.expect("admit", within=20)).admit
+    assert admit.request_id == request_id
+    assert admit.prompt == "Question:"
+    assert admit.append_text == " ab" + resume.append_text + " c"
+    assert admit.generated_tokens == 3
+    assert not admit.context_token_ids

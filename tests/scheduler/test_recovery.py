@@ -4,9 +4,14 @@ restarted one (or a standby) rebuilds from Redis, and every accepted request fin
 from __future__ import annotations
 
 import asyncio
+import socket
+import subprocess
+import time
 import uuid
 from collections.abc import Sequence
+from pathlib import Path
 
+import redis
 from grpc import aio
 
 from lamps.v1 import common_pb2 as cpb
@@ -15,6 +20,7 @@ from lamps.v1 import scheduler_pb2_grpc as pb_grpc
 from tests.scheduler.conftest import StartScheduler, make_request
 from tests.support.processes import ServiceProcess, StartService
 from tests.support.protocol_worker import ProtocolWorker
+from tests.support.redis import redis_server_binary
 
 SEGMENTS = [(3, "emulated.qa", 0.6, 2), (2, "emulated.math", 0.3, 1), (2, "", 0.0, 0)]
 EXPECTED_TOKENS = sum(output for output, *_ in SEGMENTS)
@@ -201,3 +207,67 @@ async def test_a_leader_stopping_gracefully_hands_over_at_once(
     events = await standby.events(request_id)
     assert events[-1].finished.state == cpb.REQUEST_STATE_FINISHED
     assert [e.offset for e in events] == list(range(len(events)))
+
+
+async def test_a_redis_outage_stalls_but_loses_nothing(
+    start_service: StartService, tmp_path: Path
+) -> None:
+    port = free_port()
+    redis = start_redis(tmp_path, port)
+    try:
+        url = f"redis://127.0.0.1:{port}/0"
+        scheduler = start_service(["scheduler", "--redis-url", url, "--leader-lease-seconds", "30"])
+        before = await submit_all(scheduler.target)
+        stop(redis)
+        async with aio.insecure_channel(scheduler.target) as channel:
+            stub = pb_grpc.SchedulerServiceStub(channel)
+            # While Redis is away nothing can be stored, so nothing is acknowledged.
+            waiting = asyncio.ensure_future(
+                stub.Submit(
+                    pb.SubmitRequest(request=make_request("during", segments=SEGMENTS)), timeout=30
+                )
+            )
+            await asyncio.sleep(0.5)
+            assert not waiting.done()
+            redis = start_redis(tmp_path, port)
+            during = (await waiting).request_id
+        workers = await start_workers(scheduler.target)
+        try:
+            await assert_each_finished_once(scheduler.target, [*before, during])
+        finally:
+            for worker in workers:
+                await worker.stop()
+        assert scheduler.proc.poll() is None
+    finally:
+        stop(redis)
+
+
+def start_redis(directory: Path, port: int) -> subprocess.Popen[bytes]:
+    """A redis-server that keeps its data across a restart (append-only file)."""
+    command = [
+        str(redis_server_binary()),
+        *("--bind", "127.0.0.1", "--port", str(port), "--dir", str(directory)),
+        *("--appendonly", "yes", "--appendfsync", "always", "--save", ""),
+    ]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(200):
+        try:
+            with redis.Redis(port=port, socket_timeout=1) as client:
+                if client.ping():
+                    return proc
+        except redis.ConnectionError:
+            time.sleep(0.02)
+    raise AssertionError("redis-server did not start")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        proc.wait(10)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port

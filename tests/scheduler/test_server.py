@@ -9,6 +9,7 @@ from typing import Any
 import grpc
 import pytest
 from grpc import aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from lamps.v1 import common_pb2 as cpb
 from lamps.v1 import scheduler_pb2 as pb
@@ -252,6 +253,37 @@ async def test_the_queue_depth_metric_the_autoscaler_reads(scheduler: RunningSch
         await asyncio.sleep(0.02)
     assert "lamps_scheduler_queued_requests 3.0" in lines
     assert "lamps_scheduler_leader 1.0" in lines
+
+
+async def health(target: str, service: str) -> int:
+    async with aio.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        response = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+    return int(response.status)
+
+
+async def test_only_the_leader_reports_its_services_ready(start_scheduler: StartScheduler) -> None:
+    leader = await start_scheduler(replica_id="one", leader_lease_seconds=1.0)
+    standby = await start_scheduler(replica_id="two", leader_lease_seconds=1.0)
+    serving, not_serving = (
+        health_pb2.HealthCheckResponse.SERVING,
+        health_pb2.HealthCheckResponse.NOT_SERVING,
+    )
+    # The standby is alive (liveness) but not ready (its services).
+    assert await health(standby.target, "") == serving
+    for name in ("lamps.v1.SchedulerService", "lamps.v1.WorkerGatewayService"):
+        assert await health(leader.target, name) == serving
+        for _ in range(100):
+            if await health(standby.target, name) == not_serving:
+                break
+            await asyncio.sleep(0.02)
+        assert await health(standby.target, name) == not_serving
+    await leader.server.stop()
+    for _ in range(300):
+        if await health(standby.target, "lamps.v1.SchedulerService") == serving:
+            break
+        await asyncio.sleep(0.02)
+    assert await health(standby.target, "lamps.v1.SchedulerService") == serving
 
 
 async def test_a_standby_refuses_with_the_leaders_id(start_scheduler: StartScheduler) -> None:

@@ -68,6 +68,7 @@ class ProtocolWorker:
     closed_by_server: bool = False
     # Reports at the interval the scheduler asks for, as a live worker does; off, it goes silent.
     heartbeat: bool = True
+    draining: bool = False
     _beat: asyncio.Task[None] | None = None
 
     # Connection ------------------------------------------------------------------------------
@@ -171,8 +172,11 @@ class ProtocolWorker:
             cpu_free_blocks=1024,
         )
 
-    async def report(self, *updates: pb.RequestUpdate, draining: bool = False) -> None:
-        report = pb.Report(kv=self.kv(), updates=updates, draining=draining)
+    async def report(self, *updates: pb.RequestUpdate, draining: bool | None = None) -> None:
+        """Send a report; `draining` once set stays set in later reports (heartbeats too)."""
+        if draining is not None:
+            self.draining = draining
+        report = pb.Report(kv=self.kv(), updates=updates, draining=self.draining)
         await self.send(pb.ConnectRequest(report=report))
 
     async def send(self, message: pb.ConnectRequest) -> None:

@@ -214,6 +214,17 @@ class Server:
             loop.add_signal_handler(signum, self._cut_drain_short)
         await self.stop()
 
+    async def set_serving(self, names: Iterable[str], serving: bool) -> None:
+        """Report these services SERVING or NOT_SERVING on the health service (a standby
+        replica is alive but should get no traffic); ignored once the drain has begun."""
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in names:
+            await self._health.set(name, status)
+
     def _cut_drain_short(self) -> None:
         if self._server is not None:
             log.warning("second signal: cancelling the calls still in flight")
@@ -258,12 +269,18 @@ def serve(
     *,
     lifespan: Lifespan | None = None,
     readiness: Readiness | None = None,
+    attach: Callable[[Server], None] | None = None,
 ) -> int:
-    """Configure logging, run the server until a signal, and return the process exit status."""
+    """Configure logging, run the server until a signal, and return the process exit status.
+
+    `attach` receives the server before it starts, for services that change their health.
+    """
     configure_logging(name, config.log_level, config.log_format)
     BUILD_INFO.info({"service": name, "version": package_version()})
     log.info("starting", extra={"config": cfg.redacted(config)})
     server = Server(config, services, lifespan=lifespan, readiness=readiness)
+    if attach is not None:
+        attach(server)
     try:
         run_async(server.run_until_signal(), config.event_loop)
     except ServerStartError as exc:

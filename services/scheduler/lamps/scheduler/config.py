@@ -77,7 +77,9 @@ class SchedulerConfig(ServerConfig):
         10.0, "a worker silent this long loses its requests, which are queued again"
     )
     report_interval_seconds: float = option(
-        0.05, "how often workers report when nothing else forces a report"
+        0.1,
+        "how often workers report when nothing else forces a report: token deltas reach clients "
+        "this often; starts, tool calls and ends are reported at once",
     )
     max_prompt_chars: int = option(200_000, "longest prompt text accepted, in characters")
     max_prompt_tokens: int = option(131_072, "longest prompt accepted, in tokens")

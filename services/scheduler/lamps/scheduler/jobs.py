@@ -86,8 +86,11 @@ class Job:
     # generated since; together they let any worker continue the request.
     context_token_ids: list[int] = field(default_factory=list)
     token_ids: list[int] = field(default_factory=list)
-    # Text generated since the last hand-back, for text prompts without token ids.
+    # Text generated and tool output appended since the last hand-back, in order (to continue a
+    # text prompt), and the tool output alone, as text or (replay) a count.
     text: str = ""
+    appended_text: str = ""
+    appended_tokens: int = 0
     # A tool's answer not yet given to a worker (after Discard, or a lost worker).
     pending_text: str = ""
     pending_tokens: int = 0
@@ -220,6 +223,8 @@ class Job:
             "context_token_ids": self.context_token_ids,
             "token_ids": self.token_ids,
             "text": self.text,
+            "appended_text": self.appended_text,
+            "appended_tokens": self.appended_tokens,
             "pending_text": self.pending_text,
             "pending_tokens": self.pending_tokens,
             "resume_sent": self.resume_sent,

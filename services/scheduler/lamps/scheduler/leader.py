@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 
 from lamps.scheduler.lifecycle import Scheduler
 from lamps.scheduler.queue import Store, StoreError
@@ -15,7 +16,15 @@ log = logging.getLogger(__name__)
 class LeaderElection:
     """Renews the lease while leading; polls for it while standing by."""
 
-    def __init__(self, store: Store, scheduler: Scheduler, replica_id: str, lease_s: float) -> None:
+    def __init__(
+        self,
+        store: Store,
+        scheduler: Scheduler,
+        replica_id: str,
+        lease_s: float,
+        on_role: Callable[[bool], Awaitable[None]] | None = None,
+    ) -> None:
+        self._on_role = on_role
         self._store = store
         self._scheduler = scheduler
         self._replica_id = replica_id
@@ -23,6 +32,12 @@ class LeaderElection:
 
     async def attempt(self) -> bool:
         """One election step: take or renew the lease, lead or stand by accordingly."""
+        leading = await self._elect()
+        if self._on_role is not None:
+            await self._on_role(leading)
+        return leading
+
+    async def _elect(self) -> bool:
         try:
             held = await self._store.acquire_leader(self._replica_id, self._lease_s)
         except StoreError as exc:

@@ -26,7 +26,6 @@ from dataclasses import dataclass
 import grpc
 
 from lamps.model.cost import CostModel
-from lamps.model.strategy import Strategy
 from lamps.scheduler import metrics
 from lamps.scheduler.clients import (
     PredictionInput,
@@ -54,6 +53,7 @@ from lamps.scheduler.policy import (
 )
 from lamps.scheduler.queue import Commit, NotLeaderError, Store, StoreError
 from lamps.scheduler.ranking import estimate, replay_truth
+from lamps.scheduler.recovery import rebuild
 from lamps.scheduler.reports import ReportHandler
 from lamps.scheduler.validation import (
     Limits,
@@ -132,6 +132,7 @@ class Scheduler(ReportHandler):
         self._round_trips_seen = 0
         self._stored_queue: set[str] = set()
         self._closing = False
+        self._waiting: set[asyncio.Future[None]] = set()
 
     @property
     def report_interval_s(self) -> float:
@@ -146,7 +147,9 @@ class Scheduler(ReportHandler):
     async def lead(self) -> None:
         """Take over: rebuild from the store, then start the rounds."""
         snapshot = await self.store.load()
-        self._restore(snapshot.records, snapshot.queue, snapshot.starved)
+        state = rebuild(snapshot, self.policy.starvation_threshold, time.monotonic())
+        self.jobs, self.workers, self.queue = state.jobs, state.workers, state.queue
+        self._keys = state.keys
         self._stored_queue = {rid for rid, _ in snapshot.queue} | set(snapshot.starved)
         self.leader = True
         self.leader_id = self.settings.replica_id
@@ -164,59 +167,6 @@ class Scheduler(ReportHandler):
             extra={"replica": self.settings.replica_id, "active": len(self.jobs)},
         )
 
-    def _restore(
-        self,
-        records: dict[str, dict[str, bytes]],
-        queue: list[tuple[str, float]],
-        starved: list[str],
-    ) -> None:
-        now = time.monotonic()
-        for request_id, fields in records.items():
-            try:
-                job = Job.from_record(request_id, fields)
-            except (KeyError, ValueError, TypeError) as exc:
-                log.error(
-                    "unreadable record skipped", extra={"request_id": request_id, "error": str(exc)}
-                )
-                continue
-            self.jobs[request_id] = job
-            if job.idempotency_key:
-                self._keys[job.idempotency_key] = (request_id, job.digest)
-            if job.worker_id and job.state in (RUNNING, IN_TOOL):
-                worker = self.workers.get(job.worker_id)
-                if worker is None:
-                    worker = self._ghost(job.worker_id, now)
-                worker.held.add(request_id)
-                if job.state == IN_TOOL:
-                    worker.in_tool.add(request_id)
-        threshold = self.policy.starvation_threshold or 0
-        order = [rid for rid in starved] + [rid for rid, _ in queue if rid not in starved]
-        order += sorted(
-            (rid for rid, job in self.jobs.items() if job.state == QUEUED and rid not in order),
-            key=lambda rid: self.jobs[rid].rank,
-        )
-        for rid in order:
-            queued = self.jobs.get(rid)
-            if queued is None or queued.state != QUEUED or rid in self.queue:
-                continue
-            passed = threshold if rid in starved else min(queued.passed_over, max(threshold - 1, 0))
-            self.queue.push(rid, queued.rank, queued.created_at, passed_over=passed)
-
-    def _ghost(self, worker_id: str, now: float) -> WorkerHandle:
-        """A worker known only from records: it has a lease's time to reconnect."""
-        worker = WorkerHandle(
-            worker_id=worker_id,
-            model="",
-            engine="",
-            strategies=frozenset(Strategy),
-            max_running=0,
-            kv=cpb.KvUsage(),
-            last_seen=now,
-            last_report_at=time.time(),
-        )
-        self.workers[worker_id] = worker
-        return worker
-
     def step_down(self) -> None:
         """Stop leading at once (the lease was lost): nothing more is written."""
         if not self.leader:
@@ -227,8 +177,21 @@ class Scheduler(ReportHandler):
             task.cancel()
         for tool_task in self._tool_tasks.values():
             tool_task.cancel()
+        self._fail_waiters()
         log.error("lost the leader lease; this replica stops scheduling")
         self._on_lost()
+
+    def _fail_waiters(self) -> None:
+        """Callers waiting for a round that will not be stored get UNAVAILABLE, not silence."""
+        error = RequestError(
+            grpc.StatusCode.UNAVAILABLE,
+            "this scheduler replica stopped leading before the change was stored; retry (a "
+            "Submit with the same idempotency key is safe to repeat)",
+        )
+        for waiter in [*self._accepting.values(), *self._waiting]:
+            if not waiter.done():
+                waiter.set_exception(error)
+        self._waiting.clear()
 
     async def close(self) -> None:
         """Stop after the round in progress and one last round for what is pending (graceful
@@ -242,6 +205,7 @@ class Scheduler(ReportHandler):
                     await asyncio.wait_for(asyncio.shield(rounds), CLOSE_TIMEOUT_S)
         self.leader = False
         metrics.LEADER.set(0)
+        self._fail_waiters()
         tasks = [*self._tasks, *self._tool_tasks.values()]
         for task in tasks:
             task.cancel()
@@ -440,16 +404,16 @@ class Scheduler(ReportHandler):
             max_new_tokens=max(job.max_tokens - job.completion_tokens, 0),
             strategy=STRATEGY_TO_PB[job.strategy],
             generated_tokens=job.completion_tokens,
-            append_tokens=job.pending_tokens,
+            append_tokens=job.appended_tokens + job.pending_tokens,
         )
-        if job.context_token_ids:
-            admit.context_token_ids.extend(job.context_token_ids)
+        # From the last exact context (the prompt, or what a worker handed back): generated ids
+        # where they are known, and tool output appended since as text (or, in a replay, as a
+        # count). A text prompt continues as its text and everything since, in order.
+        base = job.context_token_ids or list(request.prompt_token_ids)
+        if base:
+            admit.context_token_ids.extend(base)
             admit.context_token_ids.extend(job.token_ids)
-            admit.append_text = job.text + job.pending_text
-        elif request.prompt_token_ids:
-            admit.context_token_ids.extend(request.prompt_token_ids)
-            admit.context_token_ids.extend(job.token_ids)
-            admit.append_text = job.pending_text
+            admit.append_text = job.appended_text + job.pending_text
         else:
             admit.prompt = request.prompt
             admit.append_text = job.text + job.pending_text
@@ -590,9 +554,13 @@ class Scheduler(ReportHandler):
     async def wait_committed(self) -> None:
         """Return once everything changed so far is in the store."""
         done = asyncio.get_running_loop().create_future()
+        self._waiting.add(done)
         self._after.append(lambda: _resolve(done))
         self._wake.set()
-        await done
+        try:
+            await done
+        finally:
+            self._waiting.discard(done)
 
     # Ending ------------------------------------------------------------------------------------
 
@@ -605,7 +573,7 @@ class Scheduler(ReportHandler):
             if state == CANCELLED:
                 worker.send(pb.ConnectResponse(abort=pb.Abort(request_id=job.request_id)))
             self._release(worker, job.request_id)
-            worker.forgotten.add(job.request_id)
+            worker.forget(job.request_id)
         tool_task = self._tool_tasks.pop(job.request_id, None)
         if tool_task is not None:
             tool_task.cancel()

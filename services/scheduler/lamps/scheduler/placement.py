@@ -19,6 +19,8 @@ from lamps.scheduler.policy import EngineView
 from lamps.v1 import common_pb2 as cpb
 from lamps.v1 import scheduler_pb2 as pb
 
+MAX_FORGOTTEN = 10_000
+
 
 @dataclass(eq=False, slots=True)
 class WorkerHandle:
@@ -77,6 +79,13 @@ class WorkerHandle:
             if fallback in self.strategies:
                 return fallback
         return Strategy.DISCARD
+
+    def forget(self, request_id: str) -> None:
+        """Ignore late updates about `request_id`; only the most recent ones are remembered
+        (an update older than that is refused, which harms nothing)."""
+        if len(self.forgotten) >= MAX_FORGOTTEN:
+            self.forgotten.clear()
+        self.forgotten.add(request_id)
 
     def send(self, message: pb.ConnectResponse) -> None:
         if self.outbox is not None:

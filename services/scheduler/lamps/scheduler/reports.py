@@ -156,9 +156,12 @@ class ReportHandler(ABC):
                 worker.send(pb.ConnectResponse(resume=self._resume_message(job)))
         return sorted(claimed - assigned)
 
-    def disconnected(self, worker: WorkerHandle) -> None:
-        """The stream closed; the worker keeps its requests until its lease runs out."""
-        if self.workers.get(worker.worker_id) is worker:
+    def disconnected(
+        self, worker: WorkerHandle, outbox: asyncio.Queue[pb.ConnectResponse | None]
+    ) -> None:
+        """A stream closed; the worker keeps its requests until its lease runs out (unless it
+        has already registered again on a newer stream)."""
+        if self.workers.get(worker.worker_id) is worker and worker.outbox is outbox:
             worker.outbox = None
             self._wake.set()
 
@@ -184,15 +187,16 @@ class ReportHandler(ABC):
         request_id = update.request_id
         job = self.jobs.get(request_id)
         if job is None or job.ended or request_id not in worker.held:
-            if request_id in worker.forgotten:
-                return
+            if request_id in worker.forgotten or (job is not None and job.ended):
+                return  # late or re-sent news of a request that has ended: nothing to do
             self._reject(
                 worker,
                 request_id,
                 f"worker {worker.worker_id!r} does not hold request {request_id!r}",
             )
             return
-        kind = update.WhichOneof("update")
+        # A plain str: a newer worker may send kinds this version does not know.
+        kind = str(update.WhichOneof("update") or "")
         if kind == "started":
             self._started(job, worker, update.started, now)
         elif kind == "tokens":
@@ -211,8 +215,13 @@ class ReportHandler(ABC):
                 cpb.FINISH_REASON_ERROR,
                 f"the engine on worker {worker.worker_id} failed: {update.failed.message}",
             )
-        else:
+        elif not kind:
             self._reject(worker, request_id, "the update is empty: set one of its fields")
+        else:
+            log.info(
+                "update of a kind this scheduler does not know ignored",
+                extra={"worker": worker.worker_id, "kind": kind},
+            )
 
     def _reject(self, worker: WorkerHandle, request_id: str, message: str) -> None:
         metrics.REJECTED_WORKER_MESSAGES.inc()
@@ -233,6 +242,9 @@ class ReportHandler(ABC):
     def _progressed(self, job: Job, worker: WorkerHandle) -> None:
         """The worker consumed the admission or resume: pending tool output is in its context."""
         worker.reserved.pop(job.request_id, None)
+        job.text += job.pending_text
+        job.appended_text += job.pending_text
+        job.appended_tokens += job.pending_tokens
         job.pending_text, job.pending_tokens, job.resume_sent = "", 0, False
 
     def _started(self, job: Job, worker: WorkerHandle, started: pb.Started, now: float) -> None:
@@ -271,7 +283,7 @@ class ReportHandler(ABC):
 
     def _completed(self, job: Job, worker: WorkerHandle, completed: pb.Completed) -> None:
         self._release(worker, job.request_id)
-        worker.forgotten.add(job.request_id)
+        worker.forget(job.request_id)
         job.completion_tokens = max(job.completion_tokens, completed.completion_tokens)
         if completed.prompt_tokens:
             job.prompt_tokens = completed.prompt_tokens
@@ -287,6 +299,7 @@ class ReportHandler(ABC):
         if released.context_token_ids:
             job.context_token_ids = list(released.context_token_ids)
             job.token_ids, job.text = [], ""
+            job.appended_text, job.appended_tokens = "", 0
         reason = RELEASE_REASONS.get(released.reason, "preempted")
         if job.state == IN_TOOL:
             job.worker_id = ""

@@ -16,7 +16,7 @@ import grpc
 from grpc import aio
 
 from lamps.common.channel import ClientTls
-from lamps.common.server import ServerStartError, Service, serve
+from lamps.common.server import Server, ServerStartError, Service, serve
 from lamps.model.cost import get_profile
 from lamps.scheduler.clients import PredictorClient, ToolClient
 from lamps.scheduler.config import SchedulerConfig
@@ -33,6 +33,7 @@ from lamps.v1 import scheduler_pb2_grpc as pb_grpc
 log = logging.getLogger(__name__)
 
 Context = aio.ServicerContext[object, object]
+SERVICE_NAMES = ("lamps.v1.SchedulerService", "lamps.v1.WorkerGatewayService")
 
 
 class SchedulerApp:
@@ -42,6 +43,18 @@ class SchedulerApp:
         self.config = config
         self.replica_id = config.replica_id or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
         self._scheduler: Scheduler | None = None
+        self._server: Server | None = None
+
+    def attach(self, server: Server) -> None:
+        """The server whose health tells load balancers whether this replica leads."""
+        self._server = server
+
+    async def _show_role(self, leading: bool) -> None:
+        # Standbys are alive (the overall status stays SERVING, so liveness probes pass) but
+        # their services say NOT_SERVING, so a readiness probe on them keeps clients and
+        # workers on the leader.
+        if self._server is not None:
+            await self._server.set_serving(SERVICE_NAMES, leading)
 
     @property
     def scheduler(self) -> Scheduler:
@@ -69,7 +82,11 @@ class SchedulerApp:
             except StoreError as exc:
                 raise _start_error(f"cannot reach the store at start-up: {exc}") from exc
             election = LeaderElection(
-                store, scheduler, self.replica_id, self.config.leader_lease_seconds
+                store,
+                scheduler,
+                self.replica_id,
+                self.config.leader_lease_seconds,
+                on_role=self._show_role,
             )
             await election.attempt()
             elector = asyncio.get_running_loop().create_task(election.run())
@@ -250,7 +267,7 @@ class WorkerGatewayServicer(pb_grpc.WorkerGatewayServiceServicer):
                 yield message
         finally:
             reader.cancel()
-            scheduler.disconnected(worker)
+            scheduler.disconnected(worker, outbox)
 
     async def _read(
         self,
@@ -302,4 +319,4 @@ def services(app: SchedulerApp) -> list[Service]:
 
 def main(config: SchedulerConfig) -> int:
     app = SchedulerApp(config)
-    return serve("scheduler", config, services(app), lifespan=app.running)
+    return serve("scheduler", config, services(app), lifespan=app.running, attach=app.attach)
