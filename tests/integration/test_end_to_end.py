@@ -94,7 +94,7 @@ class Client:
         self.metadata = (("authorization", f"Bearer {CLIENT_TOKEN}"),)
 
     async def close(self) -> None:
-        await self.channel.close()
+        await self.channel.close(None)
 
     async def generate(self, request: pb.GenerateRequest) -> list[cpb.RequestEvent]:
         call = self.stub.Generate(request, metadata=self.metadata, timeout=TIMEOUT_S)

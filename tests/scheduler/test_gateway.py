@@ -226,3 +226,53 @@ async def test_an_empty_update_is_refused_and_news_of_ended_requests_ignored(
     assert len(worker.of_kind("rejected")) == 2
     events = await scheduler.events(request_id)
     assert sum(e.HasField("finished") for e in events) == 1
+
+
+def refused(request_id: str, instruction: str, code: grpc.StatusCode) -> pb.RequestUpdate:
+    return pb.RequestUpdate(
+        request_id=request_id,
+        refused=pb.Refused(instruction=instruction, code=code.value[0], message="no"),
+    )
+
+
+async def test_an_admission_refused_by_a_draining_worker_runs_elsewhere(
+    scheduler: RunningScheduler,
+) -> None:
+    first = await scheduler.worker("first", auto=False)
+    request_id = await scheduler.submit(make_request())
+    await first.expect("admit")
+    await first.report(refused(request_id, "admit", grpc.StatusCode.UNAVAILABLE), draining=True)
+    second = await scheduler.worker("second", auto=False)
+    assert (await second.expect("admit")).admit.request_id == request_id
+    assert len(first.of_kind("admit")) == 1
+
+
+async def test_an_admission_the_worker_cannot_run_fails_with_its_reason(
+    scheduler: RunningScheduler,
+) -> None:
+    worker = await scheduler.worker(auto=False)
+    request_id = await scheduler.submit(make_request())
+    await worker.expect("admit")
+    await worker.report(refused(request_id, "admit", grpc.StatusCode.INVALID_ARGUMENT))
+    end = (await scheduler.events(request_id))[-1].finished
+    assert end.state == cpb.REQUEST_STATE_FAILED
+    assert "cannot run the request: no" in end.error_message
+    # A duplicate admission refused changes nothing: the request the worker holds runs on.
+    other = await scheduler.submit(make_request())
+    await worker.expect("admit", start=len(worker.received) - 1)
+    await worker.report(refused(other, "admit", grpc.StatusCode.ALREADY_EXISTS))
+    await worker.report(pb.RequestUpdate(request_id=other, completed=pb.Completed()))
+    assert (await scheduler.events(other))[-1].finished.state == cpb.REQUEST_STATE_FINISHED
+
+
+async def test_a_resume_refused_for_a_request_the_worker_lost_queues_it_again(
+    scheduler: RunningScheduler,
+) -> None:
+    worker = await scheduler.worker(auto=False)
+    request_id = await scheduler.submit(make_request())
+    await worker.expect("admit")
+    await worker.report(refused(request_id, "resume", grpc.StatusCode.NOT_FOUND))
+    again = await worker.expect(
+        "admit", start=worker.received.index(worker.of_kind("admit")[0]) + 1
+    )
+    assert again.admit.request_id == request_id

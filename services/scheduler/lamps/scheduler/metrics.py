@@ -66,6 +66,11 @@ REJECTED_WORKER_MESSAGES = Counter(
     "lamps_scheduler_rejected_worker_messages_total",
     "Worker messages refused (about requests the worker does not hold).",
 )
+REFUSED_INSTRUCTIONS = Counter(
+    "lamps_scheduler_refused_instructions_total",
+    "Instructions workers could not carry out, by instruction and status code.",
+    ["instruction", "code"],
+)
 STORE_ROUND_TRIPS = Counter(
     "lamps_scheduler_store_round_trips_total", "Round trips to the store (Redis)."
 )

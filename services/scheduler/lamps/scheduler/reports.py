@@ -47,6 +47,9 @@ RELEASE_REASONS = {
 }
 
 
+_STATUS_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
+
+
 class ReportHandler(ABC):
     """Reactions to workers and tools (see the module docstring)."""
 
@@ -215,6 +218,8 @@ class ReportHandler(ABC):
                 cpb.FINISH_REASON_ERROR,
                 f"the engine on worker {worker.worker_id} failed: {update.failed.message}",
             )
+        elif kind == "refused":
+            self._refused(job, worker, update.refused)
         elif not kind:
             self._reject(worker, request_id, "the update is empty: set one of its fields")
         else:
@@ -312,6 +317,41 @@ class ReportHandler(ABC):
             return
         metrics.REQUEUED.labels(reason=reason).inc()
         self._enqueue(job, now, replan=False)
+
+    def _refused(self, job: Job, worker: WorkerHandle, refused: pb.Refused) -> None:
+        """The worker could not carry out an instruction about this request."""
+        code = _STATUS_NAMES.get(refused.code, str(refused.code))
+        metrics.REFUSED_INSTRUCTIONS.labels(instruction=refused.instruction, code=code).inc()
+        log.warning(
+            "worker refused an instruction",
+            extra={
+                "worker": worker.worker_id,
+                "request_id": job.request_id,
+                "instruction": refused.instruction,
+                "code": code,
+                "reason": refused.message,
+            },
+        )
+        if refused.code == grpc.StatusCode.NOT_FOUND.value[0]:
+            # The worker does not hold it (any more): whatever it had is gone, Discard semantics.
+            self._lose(job, worker, "refused")
+        elif (
+            refused.instruction != "admit"
+            or refused.code == grpc.StatusCode.ALREADY_EXISTS.value[0]
+        ):
+            return  # nothing changed on the worker; a request it already holds runs on
+        elif refused.code == grpc.StatusCode.UNAVAILABLE.value[0]:
+            self._lose(job, worker, "refused")  # the worker is draining: another takes it
+        else:
+            # The request itself cannot run there (too long for the model, say): re-queueing it
+            # would only bring the same refusal back.
+            self._release(worker, job.request_id)
+            self._finish(
+                job,
+                cpb.REQUEST_STATE_FAILED,
+                cpb.FINISH_REASON_ERROR,
+                f"worker {worker.worker_id} cannot run the request: {refused.message}",
+            )
 
     def _lose(self, job: Job, worker: WorkerHandle, reason: str) -> None:
         """The worker is gone with the request's KV: Discard semantics."""
