@@ -227,11 +227,14 @@ async def test_a_request_cancelled_in_its_tool_call_ends_cancelled(
         assert response.state == cpb.REQUEST_STATE_CANCELLED
         end = finished(await client.watch(request_id))
         assert end.state == cpb.REQUEST_STATE_CANCELLED
-        # The worker dropped it: nothing held, KV free again.
+        # The worker dropped it: nothing held, KV free again (at its next report).
         for _ in range(200):
             status = await client.status()
             (worker,) = status.workers
-            if worker.running == worker.in_tool == 0:
+            if (
+                worker.running == worker.in_tool == 0
+                and worker.kv.free_blocks == worker.kv.total_blocks
+            ):
                 break
             await asyncio.sleep(0.05)
         assert (worker.running, worker.in_tool) == (0, 0)

@@ -35,6 +35,10 @@ log = logging.getLogger("lamps.server")
 Lifespan = Callable[[], AbstractAsyncContextManager[None]]
 # Awaited once the server is up; health says NOT_SERVING until it returns (a worker: registered).
 Readiness = Callable[[], Awaitable[object]]
+# Awaited when the drain begins, before the grace for calls in flight: a service ends its
+# long-lived streams here (the scheduler hands over and closes its workers' streams), so that
+# the grace is not spent waiting on calls that would never end by themselves.
+DrainHook = Callable[[], Awaitable[object]]
 
 SERVER_OPTIONS: Sequence[tuple[str, Any]] = (
     *CHANNEL_OPTIONS,
@@ -84,11 +88,13 @@ class Server:
         *,
         lifespan: Lifespan | None = None,
         readiness: Readiness | None = None,
+        on_drain: DrainHook | None = None,
     ) -> None:
         self.config = config
         self.services = tuple(services)
         self._lifespan = lifespan
         self._readiness = readiness
+        self._on_drain = on_drain
         self._ready_task: asyncio.Task[None] | None = None
         self._health = AsyncHealthServicer()
         self._resources = AsyncExitStack()
@@ -190,6 +196,8 @@ class Server:
         log.info("draining", extra={"grace_seconds": self.config.grace_seconds})
         if self.config.drain_delay_seconds:
             await asyncio.sleep(self.config.drain_delay_seconds)
+        if self._on_drain is not None:
+            await self._on_drain()
         await self._server.stop(self.config.grace_seconds)
         self._server = None
         await self._resources.aclose()
@@ -270,6 +278,7 @@ def serve(
     lifespan: Lifespan | None = None,
     readiness: Readiness | None = None,
     attach: Callable[[Server], None] | None = None,
+    on_drain: DrainHook | None = None,
 ) -> int:
     """Configure logging, run the server until a signal, and return the process exit status.
 
@@ -278,7 +287,7 @@ def serve(
     configure_logging(name, config.log_level, config.log_format)
     BUILD_INFO.info({"service": name, "version": package_version()})
     log.info("starting", extra={"config": cfg.redacted(config)})
-    server = Server(config, services, lifespan=lifespan, readiness=readiness)
+    server = Server(config, services, lifespan=lifespan, readiness=readiness, on_drain=on_drain)
     if attach is not None:
         attach(server)
     try:

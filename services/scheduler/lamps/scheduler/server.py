@@ -10,7 +10,7 @@ import os
 import signal
 import socket
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
 from grpc import aio
@@ -44,6 +44,14 @@ class SchedulerApp:
         self.replica_id = config.replica_id or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
         self._scheduler: Scheduler | None = None
         self._server: Server | None = None
+        self._stop_leading: Callable[[], Awaitable[None]] | None = None
+
+    async def drain(self) -> None:
+        """SIGTERM: hand over at once. Stop scheduling, close the workers' streams (they
+        reconnect to the new leader) and the clients' (they Watch again from their offset), and
+        give up the leader lease, so neither the grace period nor a standby waits on us."""
+        if self._stop_leading is not None:
+            await self._stop_leading()
 
     def attach(self, server: Server) -> None:
         """The server whose health tells load balancers whether this replica leads."""
@@ -90,9 +98,14 @@ class SchedulerApp:
             )
             await election.attempt()
             elector = asyncio.get_running_loop().create_task(election.run())
-            stack.push_async_callback(election.resign)
-            stack.push_async_callback(scheduler.close)
-            stack.push_async_callback(_cancel, elector)
+
+            async def stop_leading() -> None:
+                await _cancel(elector)
+                await scheduler.close()
+                await election.resign()
+
+            self._stop_leading = _once(stop_leading)
+            stack.push_async_callback(self._stop_leading)
             self._scheduler = scheduler
             yield
 
@@ -317,6 +330,26 @@ def services(app: SchedulerApp) -> list[Service]:
     ]
 
 
+def _once(action: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+    """`action`, run at most once however often it is awaited (drain, then shutdown)."""
+    task: asyncio.Task[None] | None = None
+
+    async def run() -> None:
+        nonlocal task
+        if task is None:
+            task = asyncio.ensure_future(action())
+        await asyncio.shield(task)
+
+    return run
+
+
 def main(config: SchedulerConfig) -> int:
     app = SchedulerApp(config)
-    return serve("scheduler", config, services(app), lifespan=app.running, attach=app.attach)
+    return serve(
+        "scheduler",
+        config,
+        services(app),
+        lifespan=app.running,
+        attach=app.attach,
+        on_drain=app.drain,
+    )
