@@ -220,8 +220,9 @@ def test_every_pod_runs_non_root_read_only_with_no_capabilities() -> None:
 def test_services_are_probed_on_grpc_health_at_their_port(component: str) -> None:
     (container,) = containers(find(render(), "Deployment", component))
     (grpc_port,) = [p["containerPort"] for p in container["ports"] if p["name"] == "grpc"]
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+    for probe in ("startupProbe", "livenessProbe"):
         assert container[probe]["grpc"] == {"port": grpc_port}
+    assert container["readinessProbe"]["grpc"]["port"] == grpc_port
 
 
 def test_gpu_workers_request_gpus_tolerate_their_taint_and_drain_before_being_killed() -> None:
@@ -349,3 +350,12 @@ def test_restricted_peers_admit_workers_and_the_named_clients_only() -> None:
     assert metrics["from"] == [{"namespaceSelector": {"matchLabels": {"name": "monitoring"}}}]
     (container,) = containers(find(manifests, "Deployment", "predictor"))
     assert {"name": "LAMPS_REDIS_URL", "value": "redis://redis.example:6379/0"} in container["env"]
+
+
+def test_only_the_leading_scheduler_is_ready() -> None:
+    (container,) = containers(find(render(()), "Deployment", "scheduler"))
+    # A standby is alive (overall health SERVING) but its SchedulerService is NOT_SERVING.
+    assert container["readinessProbe"]["grpc"]["service"] == "lamps.v1.SchedulerService"
+    assert "service" not in container["livenessProbe"]["grpc"]
+    (env,) = [e for e in container["env"] if e["name"] == "LAMPS_REPLICA_ID"]
+    assert env["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import pytest
 from grpc import aio
 
 from lamps.v1 import common_pb2 as cpb
@@ -73,7 +74,7 @@ def start_worker(
     *args: str,
     wait: bool = True,
 ) -> ServiceProcess:
-    return start_process(
+    worker = start_process(
         lamps_command(
             *loopback_serve_args("worker"),
             "--scheduler-address",
@@ -85,6 +86,20 @@ def start_worker(
         env={"LAMPS_CLUSTER_TOKEN": CLUSTER_TOKEN},
         wait=wait,
     )
+    _WORKERS.append(worker)
+    return worker
+
+
+_WORKERS: list[ServiceProcess] = []
+
+
+@pytest.fixture(autouse=True)
+def _workers_stop_first(start_process: StartService) -> Iterator[None]:
+    """Stop workers before the scheduler, as a rollout does, so each hands back what it holds
+    to a scheduler that is still there (and none waits to deliver its last reports)."""
+    yield
+    while _WORKERS:
+        assert _WORKERS.pop().terminate() == 0
 
 
 class Client:
