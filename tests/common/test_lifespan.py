@@ -10,6 +10,7 @@ from typing import Any
 import grpc
 import pytest
 from grpc import aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from lamps.common.config import ServerConfig
 from lamps.common.server import Server, Service
@@ -67,3 +68,25 @@ async def test_a_failing_lifespan_stops_start_up() -> None:
     with pytest.raises(ConnectionError, match="refused"):
         await server.start()
     assert server.port == 0  # it never bound a port
+
+
+async def test_readiness_holds_health_at_not_serving_until_it_returns() -> None:
+    ready = asyncio.Event()
+    config = ServerConfig(host="127.0.0.1", port=0, metrics_host="127.0.0.1", metrics_port=0)
+    server = Server(config, [], readiness=ready.wait)
+    await server.start()
+    try:
+        async with aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            request = health_pb2.HealthCheckRequest()
+            response = await stub.Check(request, timeout=5)
+            assert response.status == health_pb2.HealthCheckResponse.NOT_SERVING
+            ready.set()
+            for _ in range(500):
+                response = await stub.Check(request, timeout=5)
+                if response.status == health_pb2.HealthCheckResponse.SERVING:
+                    break
+                await asyncio.sleep(0.01)
+            assert response.status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        await server.stop()

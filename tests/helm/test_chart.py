@@ -220,8 +220,9 @@ def test_every_pod_runs_non_root_read_only_with_no_capabilities() -> None:
 def test_services_are_probed_on_grpc_health_at_their_port(component: str) -> None:
     (container,) = containers(find(render(), "Deployment", component))
     (grpc_port,) = [p["containerPort"] for p in container["ports"] if p["name"] == "grpc"]
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+    for probe in ("startupProbe", "livenessProbe"):
         assert container[probe]["grpc"] == {"port": grpc_port}
+    assert container["readinessProbe"]["grpc"]["port"] == grpc_port
 
 
 def test_gpu_workers_request_gpus_tolerate_their_taint_and_drain_before_being_killed() -> None:
@@ -257,15 +258,34 @@ def test_an_existing_auth_secret_replaces_the_generated_one() -> None:
     manifests = render((), ("auth.existingSecret=my-tokens",))
     assert not [m for m in manifests if m["kind"] == "Secret" and component_of(m) == "auth"]
     (container,) = containers(find(manifests, "Deployment", "scheduler"))
-    refs = {e["valueFrom"]["secretKeyRef"]["name"] for e in container["env"] if "valueFrom" in e}
+    tokens = {"client-tokens", "cluster-tokens", "internal-token"}
+    refs = {
+        ref["name"]
+        for e in container["env"]
+        if (ref := e.get("valueFrom", {}).get("secretKeyRef")) and ref["key"] in tokens
+    }
     assert refs == {"my-tokens"}
 
 
 @pytest.mark.parametrize("component", [*COMPONENTS, "redis"])
 def test_each_component_can_be_turned_off(component: str) -> None:
     key = {"tool-runner": "toolRunner"}.get(component, component)
-    manifests = render((), (f"{key}.enabled=false", *EVERYTHING))
+    # Without the bundled Redis the scheduler needs another one.
+    elsewhere = ("redis.external.url=redis://redis.example:6379/0",) if component == "redis" else ()
+    manifests = render((), (f"{key}.enabled=false", *elsewhere, *EVERYTHING))
     assert not [m for m in manifests if component_of(m) == component]
+
+
+def test_a_scheduler_without_any_redis_is_refused() -> None:
+    with pytest.raises(pytest.fail.Exception, match=r"live in Redis: set redis\.enabled=true"):
+        render((), ("redis.enabled=false",))
+
+
+def test_a_vllm_worker_without_a_model_is_refused() -> None:
+    with pytest.raises(
+        pytest.fail.Exception, match=r"worker\.model: the vllm engine needs a model"
+    ):
+        render((), ("worker.model=",))
 
 
 def test_the_dashboard_is_a_labelled_configmap_over_exported_series() -> None:
@@ -330,3 +350,12 @@ def test_restricted_peers_admit_workers_and_the_named_clients_only() -> None:
     assert metrics["from"] == [{"namespaceSelector": {"matchLabels": {"name": "monitoring"}}}]
     (container,) = containers(find(manifests, "Deployment", "predictor"))
     assert {"name": "LAMPS_REDIS_URL", "value": "redis://redis.example:6379/0"} in container["env"]
+
+
+def test_only_the_leading_scheduler_is_ready() -> None:
+    (container,) = containers(find(render(()), "Deployment", "scheduler"))
+    # A standby is alive (overall health SERVING) but its SchedulerService is NOT_SERVING.
+    assert container["readinessProbe"]["grpc"]["service"] == "lamps.v1.SchedulerService"
+    assert "service" not in container["livenessProbe"]["grpc"]
+    (env,) = [e for e in container["env"] if e["name"] == "LAMPS_REPLICA_ID"]
+    assert env["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"

@@ -1,13 +1,15 @@
 """The chart's wiring starts working services: every rendered container's command, arguments and
 environment run as local processes, with only what a pod has and a laptop has not rewritten:
-Service host names and ports to loopback ones, mounted ConfigMaps to files, Secrets resolved.
-
-The end-to-end request (Generate through scheduler and workers) joins once the scheduler and
-worker land; until then their servers start, pass health checks and take the rendered tokens.
+Service host names and ports to loopback ones, mounted ConfigMaps to files, Secrets resolved, the
+pod's name where the downward API gives it, and, for a `vllm` worker, the model: a hub id becomes
+the tiny Llama the tests build (nothing is downloaded), with a KV cache a laptop can hold.
+Then a request submitted with the rendered client token runs through scheduler, predictor,
+tool runner and worker, and completes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import re
 import signal
@@ -26,6 +28,7 @@ from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from lamps.v1 import (
+    common_pb2,
     predictor_pb2,
     predictor_pb2_grpc,
     scheduler_pb2,
@@ -91,11 +94,16 @@ def map_onto_loopback(manifests: list[Manifest], root: Path) -> Cluster:
     return cluster
 
 
-def local_env(cluster: Cluster, component: str, container: dict[str, Any]) -> dict[str, str]:
+def local_env(
+    cluster: Cluster, component: str, container: dict[str, Any], model_dir: Path
+) -> dict[str, str]:
     """The container's environment as the kubelet builds it: Secrets read, $(VAR) expanded."""
     env: dict[str, str] = {}
     for var in container.get("env", []):
-        if "valueFrom" in var:
+        if "valueFrom" in var and "fieldRef" in var["valueFrom"]:
+            assert var["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+            value = f"{component}-0"  # the pod's name
+        elif "valueFrom" in var:
             ref = var["valueFrom"]["secretKeyRef"]
             value = cluster.secret(ref["name"], ref["key"])
         else:
@@ -105,6 +113,16 @@ def local_env(cluster: Cluster, component: str, container: dict[str, Any]) -> di
         env[name] = str(cluster.container_ports[component][int(env[name])])
     # A pod listens on its own address; here, loopback.
     env["LAMPS_HOST"] = env["LAMPS_METRICS_HOST"] = "127.0.0.1"
+    if env.get("LAMPS_ENGINE") == "vllm":
+        # The weights a GPU pod would download or mount, and memory a laptop has.
+        assert env["LAMPS_MODEL"]
+        env.update(
+            LAMPS_MODEL=str(model_dir),
+            LAMPS_DTYPE="float32",
+            LAMPS_MAX_MODEL_LEN="512",
+            LAMPS_KV_CACHE_BYTES=str(4 << 20),
+            LAMPS_BLOCK_SIZE="32",
+        )
     return env
 
 
@@ -172,7 +190,7 @@ def wait_for_redis(port: int, password: str) -> None:
 
 
 def start_rendered(
-    cluster: Cluster, start_process: StartService
+    cluster: Cluster, start_process: StartService, model_dir: Path
 ) -> dict[str, tuple[ServiceProcess, dict[str, str]]]:
     started = {}
     for workload in workloads(cluster.manifests):
@@ -182,11 +200,11 @@ def start_rendered(
         pod = workload["spec"]["template"]["spec"]
         (container,) = pod["containers"]
         assert container["command"] == ["lamps", component, "serve"]
-        env = local_env(cluster, component, container)
+        env = local_env(cluster, component, container, model_dir)
         argv = lamps_command(component, "serve", *local_args(cluster, component, pod))
         started[component] = (start_process(argv, env, wait=False), env)
     for service, _ in started.values():
-        service.wait_ready(timeout=90)
+        service.wait_ready(timeout=180)
     return started
 
 
@@ -195,6 +213,15 @@ async def serving(target: str) -> bool:
         stub = health_pb2_grpc.HealthStub(channel)
         response = await stub.Check(health_pb2.HealthCheckRequest(), timeout=10)
     return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+async def eventually_serving(target: str) -> bool:
+    deadline = time.monotonic() + 60
+    while not await serving(target):
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.1)
+    return True
 
 
 def bearer(token: str) -> tuple[tuple[str, str]]:
@@ -208,13 +235,15 @@ async def expect_code(call: Any, code: grpc.StatusCode) -> None:
 
 
 async def test_rendered_containers_start_serve_and_take_the_rendered_tokens(
-    redis_from_chart: tuple[Cluster, int], start_process: StartService
+    redis_from_chart: tuple[Cluster, int], start_process: StartService, tiny_llama_dir: Path
 ) -> None:
     cluster, redis_port = redis_from_chart
-    started = start_rendered(cluster, start_process)
+    started = start_rendered(cluster, start_process, tiny_llama_dir)
     assert sorted(started) == sorted(SERVICES)
     for service, _ in started.values():
-        assert await serving(service.target)
+        # A worker is ready once registered with the scheduler through the rendered
+        # LAMPS_SCHEDULER_ADDRESS and LAMPS_CLUSTER_TOKEN.
+        assert await eventually_serving(service.target)
 
     predictor, predictor_env = started["predictor"]
     internal = predictor_env["LAMPS_AUTH_TOKENS"]
@@ -246,15 +275,49 @@ async def test_rendered_containers_start_serve_and_take_the_rendered_tokens(
     async with aio.insecure_channel(scheduler.target) as channel:
         front = scheduler_pb2_grpc.SchedulerServiceStub(channel)
         submit = scheduler_pb2.SubmitRequest()
-        # Past authentication; the scheduler's own RPCs land with its issue.
+        # Past authentication: the scheduler itself refuses the empty request.
         await expect_code(
             front.Submit(submit, metadata=bearer(client_token), timeout=10),
-            grpc.StatusCode.UNIMPLEMENTED,
+            grpc.StatusCode.INVALID_ARGUMENT,
         )
         await expect_code(
             front.Submit(submit, metadata=bearer(internal), timeout=10),
             grpc.StatusCode.UNAUTHENTICATED,
         )
+        # A request with two tool calls runs through the whole rendered release.
+        _, worker_env = started["worker"]
+        assert worker_env["LAMPS_CLUSTER_TOKEN"] == cluster_token
+        status = await front.ClusterStatus(
+            scheduler_pb2.ClusterStatusRequest(), metadata=bearer(client_token), timeout=10
+        )
+        assert [w.engine for w in status.workers] == [worker_env["LAMPS_ENGINE"]]
+        assert status.policy == scheduler_env["LAMPS_POLICY"]
+        script = common_pb2.Replay(
+            segments=[
+                common_pb2.ReplaySegment(
+                    output_tokens=6,
+                    tool="emulated.math",
+                    tool_duration_seconds=0.2,
+                    tool_output_tokens=3,
+                ),
+                common_pb2.ReplaySegment(output_tokens=4, tool="calculator", tool_output_tokens=2),
+                common_pb2.ReplaySegment(output_tokens=5),
+            ]
+        )
+        generate = front.Generate(
+            scheduler_pb2.GenerateRequest(prompt="What is 6 times 7?", replay=script),
+            metadata=bearer(client_token),
+            timeout=120,
+        )
+        events = [response.event async for response in generate]
+        (finished,) = [e.finished for e in events if e.HasField("finished")]
+        assert finished.state == common_pb2.REQUEST_STATE_FINISHED, finished
+        assert finished.usage.completion_tokens == 15
+        assert finished.usage.tool_calls == 2
+        results = [e.tool_call_finished.result for e in events if e.HasField("tool_call_finished")]
+        # The emulated tool answered; the calculator refused the replay's arguments, readably.
+        assert not results[0].HasField("error")
+        assert results[1].error.code == common_pb2.TOOL_ERROR_CODE_INVALID_ARGUMENTS
 
     # All at once: each drains for its rendered drain delay, then exits 0.
     for service, _ in started.values():

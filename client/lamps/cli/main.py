@@ -85,7 +85,6 @@ PLANNED = {
     "generate": "stream a generation from a running system",
     "status": "show workers, KV usage and the queue",
     "bench": "replay a trace against a running system",
-    "models": "prepare model weights (for example SmolLM2-135M for a CPU worker)",
 }
 
 
@@ -95,6 +94,12 @@ TOOLS = (
         "compare policies on a trace in virtual time",
         "lamps.simulator.cli:add_arguments",
         "lamps.simulator.cli:run",
+    ),
+    Command(
+        "models",
+        "prepare model weights (for example SmolLM2-135M for a CPU worker)",
+        "lamps.cli.models:add_arguments",
+        "lamps.cli.models:run",
     ),
 )
 

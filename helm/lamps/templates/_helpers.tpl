@@ -150,6 +150,10 @@ startupProbe:
 readinessProbe:
   grpc:
     port: {{ .values.port }}
+    {{- with .readinessService }}
+    # Ready means serving this service: a standby scheduler is alive but not ready.
+    service: {{ . }}
+    {{- end }}
   periodSeconds: 5
   failureThreshold: 2
 livenessProbe:

@@ -62,3 +62,26 @@ def test_requests_that_arrive_later_are_not_counted_as_passed_before_they_arrive
 def test_threshold_must_be_positive() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         RankedQueue[str](starvation_threshold=0)
+
+
+def test_passed_over_counts_admissions_ahead_of_a_key() -> None:
+    queue = RankedQueue[str](starvation_threshold=10)
+    queue.push("big", 100.0)
+    queue.push("a", 1.0)
+    queue.push("b", 2.0)
+    assert queue.passed_over("big") == 0
+    queue.pop()
+    queue.pop()
+    assert queue.passed_over("big") == 2
+
+
+def test_a_restored_count_carries_a_request_into_the_lane_sooner() -> None:
+    queue = RankedQueue[str](starvation_threshold=3)
+    queue.push("old", 100.0, passed_over=2)
+    queue.push("new", 100.0)
+    queue.push("small", 1.0)
+    assert queue.pop() == "small"
+    assert queue.starved() == ["old"]
+    assert queue.passed_over("old") == 3
+    with pytest.raises(ValueError, match="negative"):
+        queue.push("bad", 1.0, passed_over=-1)

@@ -56,11 +56,14 @@ else:
     _StreamStream = aio.StreamStreamClientInterceptor
 
 
-class _BearerToken(_UnaryUnary, _UnaryStream, _StreamUnary, _StreamStream):
+class _BearerToken:
     """Adds `authorization: Bearer <token>` to every call.
 
     An interceptor rather than call credentials, because gRPC sends call credentials only over
-    secure channels and local mode runs on plaintext loopback.
+    secure channels and local mode runs on plaintext loopback. One instance per kind of call:
+    grpc.aio files each interceptor under the first kind it is an instance of, so a single class
+    of all four kinds would reach unary-unary calls only and streams would go out without the
+    token.
     """
 
     def __init__(self, token: str) -> None:
@@ -77,17 +80,28 @@ class _BearerToken(_UnaryUnary, _UnaryStream, _StreamUnary, _StreamStream):
             wait_for_ready=details.wait_for_ready,
         )
 
+
+class _UnaryUnaryToken(_BearerToken, _UnaryUnary):
     async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
         return await continuation(self._with_token(details), request)
 
+
+class _UnaryStreamToken(_BearerToken, _UnaryStream):
     async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
         return await continuation(self._with_token(details), request)
 
+
+class _StreamUnaryToken(_BearerToken, _StreamUnary):
     async def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
         return await continuation(self._with_token(details), requests)
 
+
+class _StreamStreamToken(_BearerToken, _StreamStream):
     async def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
         return await continuation(self._with_token(details), requests)
+
+
+_TOKEN_INTERCEPTORS = (_UnaryUnaryToken, _UnaryStreamToken, _StreamUnaryToken, _StreamStreamToken)
 
 
 def open_channel(
@@ -95,7 +109,7 @@ def open_channel(
 ) -> aio.Channel:
     """An aio channel to `target` (host:port) sending `token` on every call, over TLS if given."""
     # The stubs type `interceptors` loosely; any of the four interceptor kinds is accepted.
-    interceptors = cast(Any, [_BearerToken(token)] if token else None)
+    interceptors = cast(Any, [kind(token) for kind in _TOKEN_INTERCEPTORS] if token else None)
     options = list(CHANNEL_OPTIONS)
     if tls is None:
         return aio.insecure_channel(target, options=options, interceptors=interceptors)

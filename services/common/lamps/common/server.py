@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +33,12 @@ from lamps.common.version import package_version
 log = logging.getLogger("lamps.server")
 
 Lifespan = Callable[[], AbstractAsyncContextManager[None]]
+# Awaited once the server is up; health says NOT_SERVING until it returns (a worker: registered).
+Readiness = Callable[[], Awaitable[object]]
+# Awaited when the drain begins, before the grace for calls in flight: a service ends its
+# long-lived streams here (the scheduler hands over and closes its workers' streams), so that
+# the grace is not spent waiting on calls that would never end by themselves.
+DrainHook = Callable[[], Awaitable[object]]
 
 SERVER_OPTIONS: Sequence[tuple[str, Any]] = (
     *CHANNEL_OPTIONS,
@@ -81,10 +87,15 @@ class Server:
         services: Sequence[Service],
         *,
         lifespan: Lifespan | None = None,
+        readiness: Readiness | None = None,
+        on_drain: DrainHook | None = None,
     ) -> None:
         self.config = config
         self.services = tuple(services)
         self._lifespan = lifespan
+        self._readiness = readiness
+        self._on_drain = on_drain
+        self._ready_task: asyncio.Task[None] | None = None
         self._health = AsyncHealthServicer()
         self._resources = AsyncExitStack()
         self._server: aio.Server | None = None
@@ -107,8 +118,12 @@ class Server:
         self.metrics_port = self._metrics.port
         self._server = server
         await server.start()
-        for name in ("", *(s.name for s in self.services)):
-            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if self._readiness is None:
+            await self._set_serving()
+        else:
+            for name in ("", *(s.name for s in self.services)):
+                await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+            self._ready_task = asyncio.create_task(self._serve_when_ready(self._readiness))
         log.info(
             "serving",
             extra={
@@ -119,6 +134,15 @@ class Server:
                 "services": [s.name for s in self.services],
             },
         )
+
+    async def _set_serving(self) -> None:
+        for name in ("", *(s.name for s in self.services)):
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    async def _serve_when_ready(self, readiness: Readiness) -> None:
+        await readiness()
+        await self._set_serving()
+        log.info("ready")
 
     def _build(self) -> aio.Server:
         server = aio.server(
@@ -166,10 +190,14 @@ class Server:
         """Drain: NOT_SERVING, optional delay, finish calls in flight within the grace, close."""
         if self._server is None:
             return
+        if self._ready_task is not None:
+            self._ready_task.cancel()
         await self._health.enter_graceful_shutdown()
         log.info("draining", extra={"grace_seconds": self.config.grace_seconds})
         if self.config.drain_delay_seconds:
             await asyncio.sleep(self.config.drain_delay_seconds)
+        if self._on_drain is not None:
+            await self._on_drain()
         await self._server.stop(self.config.grace_seconds)
         self._server = None
         await self._resources.aclose()
@@ -193,6 +221,17 @@ class Server:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._cut_drain_short)
         await self.stop()
+
+    async def set_serving(self, names: Iterable[str], serving: bool) -> None:
+        """Report these services SERVING or NOT_SERVING on the health service (a standby
+        replica is alive but should get no traffic); ignored once the drain has begun."""
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in names:
+            await self._health.set(name, status)
 
     def _cut_drain_short(self) -> None:
         if self._server is not None:
@@ -237,12 +276,20 @@ def serve(
     services: Sequence[Service],
     *,
     lifespan: Lifespan | None = None,
+    readiness: Readiness | None = None,
+    attach: Callable[[Server], None] | None = None,
+    on_drain: DrainHook | None = None,
 ) -> int:
-    """Configure logging, run the server until a signal, and return the process exit status."""
+    """Configure logging, run the server until a signal, and return the process exit status.
+
+    `attach` receives the server before it starts, for services that change their health.
+    """
     configure_logging(name, config.log_level, config.log_format)
     BUILD_INFO.info({"service": name, "version": package_version()})
     log.info("starting", extra={"config": cfg.redacted(config)})
-    server = Server(config, services, lifespan=lifespan)
+    server = Server(config, services, lifespan=lifespan, readiness=readiness, on_drain=on_drain)
+    if attach is not None:
+        attach(server)
     try:
         run_async(server.run_until_signal(), config.event_loop)
     except ServerStartError as exc:

@@ -739,6 +739,7 @@ class RequestUpdate(_message.Message):
     RELEASED_FIELD_NUMBER: _builtins.int
     COMPLETED_FIELD_NUMBER: _builtins.int
     FAILED_FIELD_NUMBER: _builtins.int
+    REFUSED_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """The request."""
     @_builtins.property
@@ -765,6 +766,10 @@ class RequestUpdate(_message.Message):
     def failed(self) -> Global___EngineFailed:
         """The engine failed the request."""
 
+    @_builtins.property
+    def refused(self) -> Global___Refused:
+        """The worker refused an instruction about the request; nothing else is affected."""
+
     def __init__(
         self,
         *,
@@ -775,12 +780,13 @@ class RequestUpdate(_message.Message):
         released: Global___Released | None = ...,
         completed: Global___Completed | None = ...,
         failed: Global___EngineFailed | None = ...,
+        refused: Global___Refused | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["completed", b"completed", "failed", b"failed", "intercepted", b"intercepted", "released", b"released", "started", b"started", "tokens", b"tokens", "update", b"update"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["completed", b"completed", "failed", b"failed", "intercepted", b"intercepted", "refused", b"refused", "released", b"released", "started", b"started", "tokens", b"tokens", "update", b"update"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["completed", b"completed", "failed", b"failed", "intercepted", b"intercepted", "released", b"released", "request_id", b"request_id", "started", b"started", "tokens", b"tokens", "update", b"update"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["completed", b"completed", "failed", b"failed", "intercepted", b"intercepted", "refused", b"refused", "released", b"released", "request_id", b"request_id", "started", b"started", "tokens", b"tokens", "update", b"update"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_update: _TypeAlias = _typing.Literal["started", "tokens", "intercepted", "released", "completed", "failed"]  # noqa: Y015
+    _WhichOneofReturnType_update: _TypeAlias = _typing.Literal["started", "tokens", "intercepted", "released", "completed", "failed", "refused"]  # noqa: Y015
     _WhichOneofArgType_update: _TypeAlias = _typing.Literal["update", b"update"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_update) -> _WhichOneofReturnType_update | None: ...
 
@@ -923,6 +929,38 @@ class EngineFailed(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___EngineFailed: _TypeAlias = EngineFailed  # noqa: Y015
+
+@_typing.final
+class Refused(_message.Message):
+    """An instruction the worker refused: an unknown request id, a duplicate admission, a strategy it
+    cannot carry out. The request, if the worker holds it, carries on as before.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSTRUCTION_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    instruction: _builtins.str
+    """The instruction refused: "admit", "resume", "pause", "preempt" or "abort"."""
+    code: _builtins.int
+    """The gRPC status code that describes the refusal (NOT_FOUND, ALREADY_EXISTS, ...)."""
+    message: _builtins.str
+    """What was wrong."""
+    def __init__(
+        self,
+        *,
+        instruction: _builtins.str = ...,
+        code: _builtins.int = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "instruction", b"instruction", "message", b"message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Refused: _TypeAlias = Refused  # noqa: Y015
 
 @_typing.final
 class ConnectResponse(_message.Message):

@@ -49,10 +49,14 @@ class RankedQueue(Generic[K]):
     def __contains__(self, key: object) -> bool:
         return key in self._entries
 
-    def push(self, key: K, rank: float, tiebreak: float = 0.0) -> None:
+    def push(self, key: K, rank: float, tiebreak: float = 0.0, passed_over: int = 0) -> None:
+        """Queue `key`; `passed_over` carries a starvation count over from before (a restored
+        queue), so a request that had waited long keeps its place on the way to the lane."""
         if key in self._entries:
             raise KeyError(f"{key!r} is already queued")
-        entry = _Entry(rank, tiebreak, next(self._counter), key, self._passes)
+        if passed_over < 0:
+            raise ValueError("passed_over must not be negative")
+        entry = _Entry(rank, tiebreak, next(self._counter), key, self._passes - passed_over)
         self._entries[key] = entry
         heapq.heappush(self._heap, entry)
         if self._threshold is not None:
@@ -64,6 +68,11 @@ class RankedQueue(Generic[K]):
             return False
         entry.live = False
         return True
+
+    def passed_over(self, key: K) -> int:
+        """How many requests were admitted ahead of `key` since it was queued."""
+        entry = self._entries[key]
+        return self._passes - entry.passes_at_push
 
     def peek(self) -> K | None:
         entry = self._head()
@@ -114,7 +123,9 @@ class RankedQueue(Generic[K]):
             self._arrivals.popleft()
             if entry.live:
                 # The heap keeps the old entry, dead, so the ranked set skips it.
-                starved = _Entry(entry.rank, entry.tiebreak, entry.sequence, entry.key)
+                starved = _Entry(
+                    entry.rank, entry.tiebreak, entry.sequence, entry.key, entry.passes_at_push
+                )
                 entry.live = False
                 self._entries[entry.key] = starved
                 self._starved.append(starved)

@@ -89,7 +89,7 @@ class AdmitSpec:
     """A request to run, from the scheduler's `Admit`."""
 
     request_id: str
-    max_new_tokens: int
+    max_new_tokens: int  # still allowed in this admission
     rank: float = 0.0
     prompt: str = ""  # first admission: the prompt text (the engine tokenizes it) ...
     context_token_ids: tuple[int, ...] = ()  # ... or the token-exact context to continue from
@@ -97,8 +97,10 @@ class AdmitSpec:
     append_tokens: int = 0  # replay: tokens a tool returned, appended instead of text
     sampling: Sampling = Sampling()
     strategy: Strategy = Strategy.PRESERVE  # at the next tool call, until told otherwise
-    replay: tuple[ReplaySegment, ...] = ()  # remaining script; empty for real generation
-    generated_tokens: int = 0  # generated before this admission (counts against max_new_tokens)
+    # The remaining script, empty for real generation. Its first segment counts only the tokens
+    # still to generate before its call (after a preemption mid-segment, fewer than the trace's).
+    replay: tuple[ReplaySegment, ...] = ()
+    generated_tokens: int = 0  # generated before this admission (token indexes continue from it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,8 +148,8 @@ class Released:
 class Completed:
     request_id: str
     reason: FinishReason
-    prompt_tokens: int
-    completion_tokens: int
+    prompt_tokens: int  # the context this admission started from
+    completion_tokens: int  # generated over the whole request, AdmitSpec.generated_tokens included
 
 
 @dataclass(frozen=True, slots=True)

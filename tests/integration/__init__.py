@@ -1,0 +1,1 @@
+"""The services together, each a real process on loopback."""
