@@ -27,6 +27,7 @@ import redis
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from lamps.scheduler.embedded import redis_server_binary
 from lamps.v1 import (
     common_pb2,
     predictor_pb2,
@@ -38,7 +39,6 @@ from lamps.v1 import (
 )
 from tests.helm.chart import Manifest, component_of, render, workloads
 from tests.support.processes import ServiceProcess, StartService, lamps_command
-from tests.support.redis import redis_server_binary
 
 SERVICES = ("scheduler", "worker", "predictor", "tool-runner")
 

@@ -14,13 +14,13 @@ from pathlib import Path
 import redis
 from grpc import aio
 
+from lamps.scheduler.embedded import redis_server_binary
 from lamps.v1 import common_pb2 as cpb
 from lamps.v1 import scheduler_pb2 as pb
 from lamps.v1 import scheduler_pb2_grpc as pb_grpc
 from tests.scheduler.conftest import StartScheduler, make_request
 from tests.support.processes import ServiceProcess, StartService
 from tests.support.protocol_worker import ProtocolWorker
-from tests.support.redis import redis_server_binary
 
 SEGMENTS = [(3, "emulated.qa", 0.6, 2), (2, "emulated.math", 0.3, 1), (2, "", 0.0, 0)]
 EXPECTED_TOKENS = sum(output for output, *_ in SEGMENTS)

