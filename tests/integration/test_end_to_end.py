@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from grpc import aio
 
+from lamps.scheduler.embedded import free_port
 from lamps.v1 import common_pb2 as cpb
 from lamps.v1 import scheduler_pb2 as pb
 from lamps.v1 import scheduler_pb2_grpc as pb_grpc
@@ -48,23 +49,30 @@ def start_system(
     tool_runner = start_process(
         lamps_command(*loopback_serve_args("tool-runner"), "--time-scale", "0.05")
     )
-    scheduler = start_process(
+    scheduler = start_scheduler(
+        start_process, redis_url, f"e2e-{uuid.uuid4().hex[:8]}", tool_runner, policy=policy
+    )
+    return scheduler, tool_runner
+
+
+def start_scheduler(
+    start_process: StartService,
+    redis_url: str,
+    prefix: str,
+    tool_runner: ServiceProcess,
+    *,
+    policy: str = "lamps",
+    port: int = 0,
+) -> ServiceProcess:
+    return start_process(
         lamps_command(
             *loopback_serve_args("scheduler"),
-            "--redis-url",
-            redis_url,
-            "--redis-prefix",
-            f"e2e-{uuid.uuid4().hex[:8]}",
-            "--policy",
-            policy,
-            "--tool-runner-address",
-            tool_runner.target,
-            "--worker-lease-seconds",
-            "3",
+            *("--port", str(port)),
+            *("--redis-url", redis_url, "--redis-prefix", prefix, "--policy", policy),
+            *("--tool-runner-address", tool_runner.target, "--worker-lease-seconds", "3"),
         ),
         env={"LAMPS_AUTH_TOKENS": CLIENT_TOKEN, "LAMPS_CLUSTER_TOKENS": CLUSTER_TOKEN},
     )
-    return scheduler, tool_runner
 
 
 def start_worker(
@@ -289,6 +297,46 @@ async def test_a_worker_drained_by_sigterm_loses_no_request(
             assert end.usage.tool_calls == 1
         status = await client.status()
         assert [w.worker_id for w in status.workers] == ["staying"]
+    finally:
+        await client.close()
+
+
+async def test_workers_reconnect_to_a_restarted_scheduler_and_nothing_is_lost(
+    start_process: StartService, redis_server: str
+) -> None:
+    tool_runner = start_process(
+        lamps_command(*loopback_serve_args("tool-runner"), "--time-scale", "0.05")
+    )
+    prefix, port = f"e2e-{uuid.uuid4().hex[:8]}", free_port()
+    scheduler = start_scheduler(start_process, redis_server, prefix, tool_runner, port=port)
+    for worker_id in ("w1", "w2"):
+        start_worker(start_process, scheduler, worker_id, "--time-scale", "10")
+    client = Client(scheduler.target)
+    try:
+        await client.wait_for_workers(2)
+        script = replay((30, "emulated.qa", 4.0, 6), (30, "emulated.math", 2.0, 3), (20, "", 0, 0))
+        ids = [
+            await client.submit(pb.GenerateRequest(prompt=f"request {i} " * 20, replay=script))
+            for i in range(10)
+        ]
+        for _ in range(400):  # some generating, some in their tools
+            status = await client.status()
+            if status.running and status.in_tool:
+                break
+            await asyncio.sleep(0.02)
+        assert status.running and status.in_tool, status
+        scheduler.proc.kill()  # SIGKILL: nothing is handed over
+        scheduler.proc.wait()
+        start_scheduler(start_process, redis_server, prefix, tool_runner, port=port)
+        status = await client.wait_for_workers(2)
+        assert {w.worker_id for w in status.workers} == {"w1", "w2"}
+        runs = await asyncio.gather(*(client.watch(i) for i in ids))
+        for events in runs:
+            end = finished(events)
+            assert end.state == cpb.REQUEST_STATE_FINISHED, end
+            # Every token once, the script's length exactly, across the restart.
+            assert len(generated(events)) == end.usage.completion_tokens == 80
+            assert [e.offset for e in events] == list(range(len(events)))
     finally:
         await client.close()
 
