@@ -324,7 +324,8 @@ async def test_workers_reconnect_to_a_restarted_scheduler_and_nothing_is_lost(
             if status.running and status.in_tool:
                 break
             await asyncio.sleep(0.02)
-        assert status.running and status.in_tool, status
+        assert status.running, status
+        assert status.in_tool, status
         scheduler.proc.kill()  # SIGKILL: nothing is handed over
         scheduler.proc.wait()
         start_scheduler(start_process, redis_server, prefix, tool_runner, port=port)

@@ -276,3 +276,15 @@ async def test_a_resume_refused_for_a_request_the_worker_lost_queues_it_again(
         "admit", start=worker.received.index(worker.of_kind("admit")[0]) + 1
     )
     assert again.admit.request_id == request_id
+
+
+async def test_a_request_no_worker_can_serve_fails_and_does_not_block_the_queue(
+    scheduler: RunningScheduler,
+) -> None:
+    worker = await scheduler.worker(auto=False)
+    stuck = await scheduler.submit(make_request(model="no-such-model"))
+    end = (await scheduler.events(stuck))[-1].finished
+    assert end.state == cpb.REQUEST_STATE_FAILED
+    assert "no worker serves model 'no-such-model'" in end.error_message
+    behind = await scheduler.submit(make_request())
+    assert (await worker.expect("admit")).admit.request_id == behind

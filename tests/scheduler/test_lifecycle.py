@@ -155,12 +155,17 @@ async def test_requests_wait_for_kv_and_are_placed_by_best_fit(
     # 200 tokens need 13 blocks: only the large worker has them.
     second = await scheduler.submit(make_request(prompt_token_ids=[1] * 200, prompt=""))
     assert (await large.expect("admit")).admit.request_id == second
-    # 2000 tokens fit nowhere: the request waits in the queue.
-    third = await scheduler.submit(make_request(prompt_token_ids=[1] * 2000, prompt=""))
+    # 900 tokens fit nowhere now (the large worker is partly used): the request waits.
+    third = await scheduler.submit(make_request(prompt_token_ids=[1] * 900, prompt=""))
     status = await scheduler.stub.ClusterStatus(pb.ClusterStatusRequest(), timeout=5)
     assert status.queued == 1
     assert (await scheduler.record(third)).state == QUEUED
     assert {w.worker_id for w in status.workers} == {"small", "large"}
+    # 2000 tokens would not fit even an empty worker: it fails at once and says why.
+    never = await scheduler.submit(make_request(prompt_token_ids=[1] * 2000, prompt=""))
+    end = (await scheduler.events(never))[-1].finished
+    assert end.state == cpb.REQUEST_STATE_FAILED
+    assert "the largest worker holds 1024" in end.error_message
 
 
 async def test_cancel_while_queued_running_and_in_a_tool(scheduler: RunningScheduler) -> None:

@@ -6,7 +6,7 @@ import asyncio
 
 from lamps.model.cost import get_profile
 from lamps.model.strategy import Strategy
-from lamps.scheduler.placement import WorkerHandle, best_fit, roomiest
+from lamps.scheduler.placement import WorkerHandle, best_fit, never_fits, roomiest
 from lamps.v1 import common_pb2 as cpb
 
 
@@ -77,3 +77,17 @@ def test_a_worker_is_asked_only_for_strategies_it_offers() -> None:
     assert discard_only.allowed(Strategy.PRESERVE) is Strategy.DISCARD
     # Without Swap the policy sees no CPU space to swap into.
     assert no_swap.view(get_profile("gptj-6b-a100")).cpu_free_tokens == 0
+
+
+def test_a_request_no_worker_could_ever_hold_is_named_and_one_that_must_wait_is_not() -> None:
+    workers = [make_worker("a", 0, total=100), make_worker("b", 0, total=50)]
+    # Full now, but an empty worker would hold it: it waits.
+    assert never_fits(workers, 1000, "m") is None
+    too_big = never_fits(workers, 100 * 16, "m")
+    assert too_big is not None
+    assert "needs 1601 tokens of KV cache and the largest worker holds 1600" in too_big
+    wrong = never_fits(workers, 10, "other")
+    assert wrong is not None
+    assert "no worker serves model 'other' (the workers serve: m)" in wrong
+    # With no worker connected yet, nothing is decided: it waits for one.
+    assert never_fits([make_worker("c", 0, connected=False)], 10**9, "other") is None

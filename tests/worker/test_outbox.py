@@ -23,6 +23,8 @@ def completed(request_id: str) -> pb.RequestUpdate:
 
 def test_contiguous_deltas_of_a_request_merge_and_others_keep_their_place() -> None:
     outbox = Outbox()
+    outbox.open("a")
+    outbox.open("b")
     assert not outbox.record(tokens("a", 0, 1, 2), now=0.0)
     assert not outbox.record(tokens("b", 0, 7), now=0.0)
     outbox.record(tokens("a", 2, 3), now=0.0)
@@ -39,6 +41,7 @@ def test_contiguous_deltas_of_a_request_merge_and_others_keep_their_place() -> N
 
 def test_ends_are_urgent_and_a_refusal_is_not_journaled() -> None:
     outbox = Outbox()
+    outbox.open("a")
     assert outbox.record(completed("a"), now=0.0)
     refusal = pb.RequestUpdate(request_id="ghost")
     refusal.refused.instruction = "resume"
@@ -61,6 +64,7 @@ def test_a_reconnect_resends_every_journal_instead_of_the_pending_updates() -> N
 
 def test_a_failed_write_puts_its_updates_back_first() -> None:
     outbox = Outbox()
+    outbox.open("a")
     outbox.record(tokens("a", 0, 1), now=0.0)
     lost = outbox.take()
     outbox.record(completed("a"), now=0.0)
@@ -70,10 +74,14 @@ def test_a_failed_write_puts_its_updates_back_first() -> None:
 
 def test_journals_of_ended_requests_go_after_a_lease_and_forget_drops_one() -> None:
     outbox = Outbox()
+    for request_id in ("old", "held", "dropped"):
+        outbox.open(request_id)
     outbox.record(completed("old"), now=0.0)
     outbox.record(tokens("held", 0, 1), now=0.0)
     outbox.record(tokens("dropped", 0, 1), now=0.0)
     outbox.forget("dropped")
+    # What the engine had queued before it let go of a forgotten request brings nothing back.
+    assert not outbox.record(tokens("dropped", 1, 2), now=0.0)
     outbox.prune(now=31.0, lease_s=30.0)
     assert outbox.retained == 1
     outbox.resend(now=31.0, lease_s=30.0)

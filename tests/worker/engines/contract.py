@@ -143,6 +143,17 @@ class EngineContract:
         assert isinstance(end, Completed)
         assert (end.reason, end.completion_tokens) == (FinishReason.LENGTH, 5)
 
+    async def test_a_call_exactly_at_the_token_limit_ends_the_request_instead(
+        self, engine_harness: EngineHarness
+    ) -> None:
+        h, rid = engine_harness, new_id("edge")
+        await h.engine.admit(AdmitSpec(rid, 6, prompt=PROMPT, replay=call_then(6)))
+        events = await h.until_end(rid)
+        assert not [e for e in events if isinstance(e, ToolCalled)]
+        end = events[-1]
+        assert isinstance(end, Completed)
+        assert (end.reason, end.completion_tokens) == (FinishReason.LENGTH, 6)
+
     async def test_a_request_admitted_from_token_ids_continues_after_them(
         self, engine_harness: EngineHarness
     ) -> None:

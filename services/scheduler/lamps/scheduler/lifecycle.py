@@ -17,6 +17,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import time
 import uuid
 from collections import OrderedDict
@@ -44,7 +45,7 @@ from lamps.scheduler.jobs import (
     Job,
     prompt_token_count,
 )
-from lamps.scheduler.placement import WorkerHandle, best_fit, roomiest
+from lamps.scheduler.placement import WorkerHandle, best_fit, never_fits, roomiest
 from lamps.scheduler.policy import (
     EngineView,
     Policy,
@@ -74,6 +75,7 @@ GAUGE_PERIOD_S = 0.1
 TOOL_STATS_REFRESH_S = 10.0
 # Longest a graceful shutdown waits for the last round to be stored.
 CLOSE_TIMEOUT_S = 5.0
+MAX_RANK = 1e300
 _STATE_NAMES: dict[int, str] = {FINISHED: "finished", FAILED: "failed", CANCELLED: "cancelled"}
 
 
@@ -157,7 +159,9 @@ class Scheduler(ReportHandler):
         loop = asyncio.get_running_loop()
         loops = (self._rounds(), self._intake_loop(), self._lease_loop(), self._gauge_loop())
         for coroutine in loops:
-            self._tasks.append(loop.create_task(coroutine))
+            task = loop.create_task(coroutine)
+            task.add_done_callback(self._loop_ended)
+            self._tasks.append(task)
         for job in self.jobs.values():
             if job.state == IN_TOOL and job.call is not None:
                 self._start_tool(job)
@@ -166,6 +170,18 @@ class Scheduler(ReportHandler):
             "leading",
             extra={"replica": self.settings.replica_id, "active": len(self.jobs)},
         )
+
+    def _loop_ended(self, task: asyncio.Task[None]) -> None:
+        """A scheduling loop that dies would leave a leader that renews its lease and schedules
+        nothing: step down instead, so a standby (or a restart) takes over."""
+        if task.cancelled() or task.exception() is None:
+            return
+        log.error(
+            "a scheduling loop failed; stepping down",
+            exc_info=task.exception(),
+            extra={"loop": task.get_coro().__name__},  # type: ignore[union-attr]
+        )
+        self.step_down()
 
     def step_down(self) -> None:
         """Stop leading at once (the lease was lost): nothing more is written."""
@@ -323,6 +339,10 @@ class Scheduler(ReportHandler):
             self._commit.idempotency[job.idempotency_key] = value
         self._enqueue(job, now, replan=False)
         metrics.ACCEPTED.inc()
+        tokens = job.context_tokens + job.pending_tokens
+        why = never_fits(self.workers.values(), tokens, job.request.model)
+        if why is not None:  # no connected worker could ever run it: say so now, not never
+            self._finish(job, FAILED, cpb.FINISH_REASON_ERROR, why)
         accepted = self._accepting.get(job.request_id)
         if accepted is not None:
             self._after.append(lambda: _resolve(accepted))
@@ -335,7 +355,10 @@ class Scheduler(ReportHandler):
             arrival_s=job.created_at, enqueued_s=now, estimate=estimate(job), truth=truth
         )
         plan = self.policy.plan(view, self._engine_view())
-        job.rank, job.strategy = plan.rank, plan.strategy
+        # A sorted-set score must be a finite number: an estimate gone wrong (a huge or NaN
+        # prediction) ranks last instead of failing every commit that carries it.
+        rank = plan.rank if math.isfinite(plan.rank) else MAX_RANK
+        job.rank, job.strategy = min(max(rank, -MAX_RANK), MAX_RANK), plan.strategy
 
     def _engine_view(self) -> EngineView:
         worker = roomiest(self.workers.values())
@@ -373,7 +396,12 @@ class Scheduler(ReportHandler):
             tokens = job.context_tokens + job.pending_tokens
             worker = best_fit(self.workers.values(), tokens, job.request.model)
             if worker is None:
-                return
+                why = never_fits(self.workers.values(), tokens, job.request.model)
+                if why is None:
+                    return  # it fits once memory frees up (or a worker connects)
+                # It would block everything behind it forever.
+                self._finish(job, FAILED, cpb.FINISH_REASON_ERROR, why)
+                continue
             self.queue.pop()
             self._commit.enqueue.pop(request_id, None)
             self._commit.dequeue.add(request_id)
@@ -388,7 +416,7 @@ class Scheduler(ReportHandler):
         worker.held.add(job.request_id)
         worker.reserved[job.request_id] = worker.blocks_for(tokens + 1)
         message = pb.ConnectResponse(admit=self._admit_message(job))
-        self._after.append(lambda: worker.send(message))
+        self._after.append(lambda: self._send_to_holder(job, worker, message))
         job.add_event(
             now, state_changed=cpb.StateChanged(state=RUNNING, worker_id=worker.worker_id)
         )
@@ -571,7 +599,10 @@ class Scheduler(ReportHandler):
         worker = self.workers.get(job.worker_id) if job.worker_id else None
         if worker is not None and job.request_id in worker.held:
             if state == CANCELLED:
-                worker.send(pb.ConnectResponse(abort=pb.Abort(request_id=job.request_id)))
+                # After the commit, like the Admit it may follow (still in flight): the worker
+                # must never see the Abort first and then run the request anyway.
+                abort = pb.ConnectResponse(abort=pb.Abort(request_id=job.request_id))
+                self._after.append(lambda: worker.send(abort))
             self._release(worker, job.request_id)
             worker.forget(job.request_id)
         tool_task = self._tool_tasks.pop(job.request_id, None)

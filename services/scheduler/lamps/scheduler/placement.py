@@ -125,6 +125,25 @@ def best_fit(workers: Iterable[WorkerHandle], tokens: int, model: str) -> Worker
     return min(fitting, key=lambda worker: (worker.free_blocks, worker.worker_id))
 
 
+def never_fits(workers: Iterable[WorkerHandle], tokens: int, model: str) -> str | None:
+    """Why no ready worker could ever hold `tokens` of `model`, even empty; None if one could,
+    or if no worker is ready yet (then the request waits for one)."""
+    ready = [worker for worker in workers if worker.ready]
+    if not ready:
+        return None
+    serving = [worker for worker in ready if not model or model == worker.model]
+    if not serving:
+        models = ", ".join(sorted({worker.model for worker in ready}))
+        return f"no worker serves model {model!r} (the workers serve: {models})"
+    if any(worker.blocks_for(tokens + 1) <= int(worker.kv.total_blocks) for worker in serving):
+        return None
+    largest = max(int(w.kv.total_blocks) * w.block_size for w in serving)
+    return (
+        f"the request needs {tokens + 1} tokens of KV cache and the largest worker holds "
+        f"{largest}: shorten the prompt or max_tokens"
+    )
+
+
 def roomiest(workers: Iterable[WorkerHandle]) -> WorkerHandle | None:
     """The ready worker with the most free blocks: the one a new request is ranked against."""
     ready = [worker for worker in workers if worker.ready]

@@ -228,6 +228,14 @@ class ReportHandler(ABC):
                 extra={"worker": worker.worker_id, "kind": kind},
             )
 
+    @staticmethod
+    def _send_to_holder(job: Job, worker: WorkerHandle, message: pb.ConnectResponse) -> None:
+        """Send an instruction held back until its round was stored, unless the request has
+        meanwhile moved (the worker re-registered without it, it was re-queued, it ended): a
+        stale Admit would run it twice."""
+        if not job.ended and job.worker_id == worker.worker_id and job.request_id in worker.held:
+            worker.send(message)
+
     def _reject(self, worker: WorkerHandle, request_id: str, message: str) -> None:
         metrics.REJECTED_WORKER_MESSAGES.inc()
         log.warning(
@@ -529,7 +537,7 @@ class ReportHandler(ABC):
         worker.in_tool.discard(request_id)
         job.state, job.resume_sent = RUNNING, True
         message = pb.ConnectResponse(resume=self._resume_message(job))
-        self._after.append(lambda: worker.send(message))
+        self._after.append(lambda: self._send_to_holder(job, worker, message))
         job.add_event(
             now, state_changed=cpb.StateChanged(state=RUNNING, worker_id=worker.worker_id)
         )

@@ -180,8 +180,16 @@ def _restart_as_standby() -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
-async def _abort(context: Context, error: RequestError) -> None:
-    await context.abort(error.code, error.message)
+async def _abort(context: Context, error: RequestError | StoreError) -> None:
+    if isinstance(error, StoreError):
+        log.warning("the store failed a client call", extra={"error": str(error)})
+        await context.abort(
+            grpc.StatusCode.UNAVAILABLE,
+            f"the scheduler cannot reach its store right now ({error}); retry: every request "
+            "it accepted is kept",
+        )
+    else:
+        await context.abort(error.code, error.message)
 
 
 class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
@@ -198,7 +206,7 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
             request_id, _ = await scheduler.submit(request)
             async for event in scheduler.watch(request_id, 0):
                 yield pb.GenerateResponse(event=event)
-        except RequestError as error:
+        except (RequestError, StoreError) as error:
             await _abort(context, error)
 
     async def Submit(self, request: pb.SubmitRequest, context: Context) -> pb.SubmitResponse:
@@ -206,7 +214,7 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
             request_id, created = await self._app.scheduler.submit(
                 request.request, request.idempotency_key
             )
-        except RequestError as error:
+        except (RequestError, StoreError) as error:
             await _abort(context, error)
         return pb.SubmitResponse(request_id=request_id, created=created)
 
@@ -217,14 +225,14 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
             validate_request_id(request.request_id)
             async for event in self._app.scheduler.watch(request.request_id, request.from_offset):
                 yield pb.WatchResponse(event=event)
-        except RequestError as error:
+        except (RequestError, StoreError) as error:
             await _abort(context, error)
 
     async def Cancel(self, request: pb.CancelRequest, context: Context) -> pb.CancelResponse:
         try:
             validate_request_id(request.request_id)
             state = await self._app.scheduler.cancel(request.request_id)
-        except RequestError as error:
+        except (RequestError, StoreError) as error:
             await _abort(context, error)
         return pb.CancelResponse(state=state)  # type: ignore[arg-type]
 
@@ -234,7 +242,7 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
         try:
             validate_request_id(request.request_id)
             record = await self._app.scheduler.record(request.request_id)
-        except RequestError as error:
+        except (RequestError, StoreError) as error:
             await _abort(context, error)
         return pb.GetRequestResponse(record=record)
 
@@ -243,7 +251,7 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
     ) -> pb.ClusterStatusResponse:
         try:
             return self._app.scheduler.status()
-        except RequestError as error:
+        except (RequestError, StoreError) as error:
             await _abort(context, error)
             raise  # unreachable: abort raises
 

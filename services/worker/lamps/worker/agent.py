@@ -279,6 +279,11 @@ class Agent:
                 writer.cancel()
                 call.cancel()
 
+    @property
+    def draining(self) -> bool:
+        """Taking no new work (SIGTERM or the scheduler's Drain)."""
+        return self._draining
+
     def _register_message(self) -> pb.Register:
         engine = self.engine
         register = pb.Register(
@@ -288,7 +293,9 @@ class Agent:
             kv=protocol.kv_usage(engine.kv()),
             strategies=[protocol.STRATEGY_TO_PB[s] for s in sorted(engine.strategies)],
             max_running=engine.max_running,
-            held_request_ids=engine.held(),
+            # Also what ended while the stream was down: the scheduler then waits for the end
+            # this worker re-sends, instead of re-queueing a request that already finished.
+            held_request_ids=sorted(set(engine.held()) | set(self._outbox.journaled())),
         )
         if engine.profile is not None:
             can_swap = Strategy.SWAP in engine.strategies
@@ -380,7 +387,13 @@ class Agent:
         try:
             await self._obey(kind, body)
         except UnknownRequestError as exc:
-            self._refuse(body.request_id, kind, grpc.StatusCode.NOT_FOUND, str(exc))
+            if self._outbox.has(body.request_id):
+                # It just ended here and its end is on its way: NOT_FOUND would have the
+                # scheduler re-queue a request that finished.
+                text = f"{exc}: it has ended and its end is being reported"
+                self._refuse(body.request_id, kind, grpc.StatusCode.FAILED_PRECONDITION, text)
+            else:
+                self._refuse(body.request_id, kind, grpc.StatusCode.NOT_FOUND, str(exc))
         except DuplicateRequestError as exc:
             self._refuse(body.request_id, kind, grpc.StatusCode.ALREADY_EXISTS, str(exc))
         except (UnsupportedStrategyError, protocol.BadInstructionError) as exc:
@@ -410,10 +423,12 @@ class Agent:
                 self._outbox.open(spec.request_id)
             try:
                 await engine.admit(spec)
-            except EngineError:
+            except BaseException:  # refused, or cancelled while the engine tokenized
                 if fresh:
                     self._outbox.forget(spec.request_id)
                 raise
+            if self.draining:  # the drain began while the engine admitted it: hand it back
+                await engine.preempt(spec.request_id, ReleaseReason.DRAINED)
         elif kind == "resume":
             await engine.resume(body.request_id, body.append_text, body.append_tokens)
         elif kind == "pause":

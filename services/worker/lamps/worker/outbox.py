@@ -63,9 +63,20 @@ class Outbox:
         """Drop the request's journal: the scheduler no longer wants to hear of it."""
         self._journals.pop(request_id, None)
 
+    def journaled(self) -> list[str]:
+        """Requests with a journal: held, or ended with news the scheduler may not have."""
+        return list(self._journals)
+
+    def has(self, request_id: str) -> bool:
+        return request_id in self._journals
+
     def record(self, update: pb.RequestUpdate, now: float) -> bool:
-        """Journal and queue an engine's update; True if it should go out at once."""
-        journal = self._journals.setdefault(update.request_id, _Journal())
+        """Journal and queue an engine's update; True if it should go out at once. An update
+        about a request already forgotten (aborted, dropped) was queued by the engine before it
+        let go: the scheduler does not want it, and it must not bring a journal back."""
+        journal = self._journals.get(update.request_id)
+        if journal is None:
+            return False
         if not (journal.updates and _merge(journal.updates[-1], update)):
             journal.updates.append(_copy(update))
         if update.WhichOneof("update") in ENDS:

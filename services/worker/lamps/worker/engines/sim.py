@@ -399,9 +399,12 @@ class SimEngine(Engine):
 
     def _segment_ended(self, req: _Request) -> None:
         segment = req.segment
-        if segment.boundary is not synthetic.Boundary.CALL or segment.call is None:
+        # A call that would come exactly at the token limit is not made, as in vLLM: the request
+        # ends with LENGTH (a resumed request would have nothing left to generate).
+        spent = req.generated >= req.limit
+        if spent or segment.boundary is not synthetic.Boundary.CALL or segment.call is None:
             self._model.finish(req.seq)
-            length = segment.boundary is synthetic.Boundary.LENGTH
+            length = spent or segment.boundary is synthetic.Boundary.LENGTH
             self._complete(req, FinishReason.LENGTH if length else FinishReason.STOP)
             return
         applied = self._model.pause(req.seq, req.strategy, self._clock)
