@@ -26,6 +26,8 @@ from lamps.v1 import tool_runner_pb2 as tpb
 from lamps.v1 import tool_runner_pb2_grpc as tpb_grpc
 
 log = logging.getLogger(__name__)
+# How long a tool call waits for an unreachable tool runner before failing with a readable error.
+TOOL_CONNECT_TIMEOUT_S = 3.0
 
 # Defaults when no model predicts: the traces' typical decode segment (PAPER.md section 3).
 DEFAULT_PRE_CALL_TOKENS = 95
@@ -257,6 +259,19 @@ class ToolClient:
             call=call, request_id=request_id, timeout_seconds=self._timeout_s
         )
         try:
+            # A channel that failed to connect (the tool runner starting, or restarting) fails
+            # calls at once until its reconnect backoff ends: wait a little for it instead.
+            await asyncio.wait_for(self._channel_ready(), TOOL_CONNECT_TIMEOUT_S)
+        except TimeoutError:
+            metrics.TOOL_ERRORS.labels(code="TOOL_ERROR_CODE_UNAVAILABLE").inc()
+            return _tool_error(
+                call,
+                cpb.TOOL_ERROR_CODE_UNAVAILABLE,
+                f"tool {call.name!r} failed: the tool runner could not be reached (no "
+                f"connection within {TOOL_CONNECT_TIMEOUT_S:g} s)",
+                time.monotonic() - started,
+            )
+        try:
             response = await self._stub.Execute(request, timeout=self._timeout_s + 5.0)
         except aio.AioRpcError as exc:
             code = (
@@ -276,6 +291,10 @@ class ToolClient:
         if result.HasField("error") and result.error.code:
             metrics.TOOL_ERRORS.labels(code=cpb.ToolErrorCode.Name(result.error.code)).inc()
         return result
+
+    async def _channel_ready(self) -> None:
+        if self._channel is not None:
+            await self._channel.channel_ready()
 
     async def close(self) -> None:
         if self._refresher is not None:
