@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import abc
 import enum
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -82,6 +83,15 @@ class ReplaySegment:
     tool: str = ""
     tool_duration_s: float = 0.0
     tool_output_tokens: int = 0
+
+    @property
+    def arguments_json(self) -> str:
+        """The call's arguments, as the tool runner's emulated tools take them."""
+        arguments = {
+            "duration_seconds": self.tool_duration_s,
+            "output_tokens": self.tool_output_tokens,
+        }
+        return json.dumps(arguments)
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +202,14 @@ class Engine(abc.ABC):
 
     async def close(self) -> None:  # noqa: B027  # optional hook
         """Stops generating and frees everything; the engine is not used again."""
+
+    def require_strategy(self, strategy: Strategy, why: str = "") -> None:
+        """Raise `UnsupportedStrategyError` unless this engine lists `strategy`."""
+        if strategy not in self.strategies:
+            raise UnsupportedStrategyError(
+                f"{strategy.value} is not supported by this engine{why}; it can: "
+                + ", ".join(sorted(s.value for s in self.strategies))
+            )
 
     @abc.abstractmethod
     def kv(self) -> KvReport:

@@ -21,7 +21,6 @@ import dataclasses
 import enum
 import heapq
 import itertools
-import json
 import logging
 from collections import deque
 from collections.abc import AsyncIterator
@@ -49,7 +48,6 @@ from lamps.worker.engines.base import (
     Tokens,
     ToolCalled,
     UnknownRequestError,
-    UnsupportedStrategyError,
 )
 
 log = logging.getLogger(__name__)
@@ -468,11 +466,7 @@ class SimEngine(Engine):
             wanted = max(step.output_tokens, 1)
             segment = synthetic.generate(req.seed, req.context, budget, forced=wanted)
             if step.tool and segment.boundary is synthetic.Boundary.END:
-                arguments = {
-                    "duration_seconds": step.tool_duration_s,
-                    "output_tokens": step.tool_output_tokens,
-                }
-                call = synthetic.Call(step.tool, json.dumps(arguments))
+                call = synthetic.Call(step.tool, step.arguments_json)
                 segment = synthetic.Segment(segment.token_ids, synthetic.Boundary.CALL, call)
         else:
             segment = synthetic.generate(req.seed, req.context, budget, stop=req.spec.sampling.stop)
@@ -494,11 +488,7 @@ class SimEngine(Engine):
             raise UnknownRequestError(f"{request_id}: not held by this engine") from None
 
     def _check_strategy(self, strategy: Strategy) -> None:
-        if strategy not in self._strategies:
-            raise UnsupportedStrategyError(
-                f"this engine cannot {strategy.value} (it has no CPU swap space); "
-                f"it can: {', '.join(sorted(s.value for s in self._strategies))}"
-            )
+        self.require_strategy(strategy, " (it has no CPU swap space)")
 
     def _too_long(self, tokens: int) -> str:
         return (

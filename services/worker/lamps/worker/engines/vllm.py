@@ -24,7 +24,6 @@ starts this engine needs an `if __name__ == "__main__":` guard: the child is spa
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 from collections import deque
@@ -49,7 +48,6 @@ from lamps.worker.engines.base import (
     Tokens,
     ToolCalled,
     UnknownRequestError,
-    UnsupportedStrategyError,
 )
 from lamps.worker.engines.vllm_config import (
     VllmOptions,
@@ -416,12 +414,8 @@ class VllmEngine(Engine):
             if request.segment_generated < segment.output_tokens:
                 self._send_chunk(request, session, [request.context[-1]])
             elif segment.tool:
-                arguments = {
-                    "duration_seconds": segment.tool_duration_s,
-                    "output_tokens": segment.tool_output_tokens,
-                }
                 request.replay.popleft()
-                self._tool_call(request, tool_calls.ToolCall(segment.tool, json.dumps(arguments)))
+                self._tool_call(request, tool_calls.ToolCall(segment.tool, segment.arguments_json))
             else:
                 self._complete(request, FinishReason.STOP)  # the end of the script
         # The last token says why, not stop_reason: vLLM keeps a session's first stop_reason.
@@ -532,12 +526,9 @@ class VllmEngine(Engine):
             raise EngineError("the vllm engine is not running (call start() first)")
 
     def _check_strategy(self, strategy: Strategy) -> None:
-        if strategy not in self.strategies:
-            where = "this platform" if strategy is Strategy.SWAP else "this engine"
-            raise UnsupportedStrategyError(
-                f"{strategy.value} is not supported on {where}; supported: "
-                + ", ".join(sorted(s.value for s in self.strategies))
-            )
+        swap = strategy is Strategy.SWAP
+        why = " on this platform (CPU KV offloading needs CUDA)" if swap else ""
+        self.require_strategy(strategy, why)
 
     def _get(self, request_id: str) -> RequestState:
         request = self._requests.get(request_id)
