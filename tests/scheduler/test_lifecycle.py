@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 
+import pytest
 from prometheus_client import REGISTRY
 
+from lamps.scheduler.queue import open_store
 from lamps.v1 import common_pb2 as cpb
 from lamps.v1 import scheduler_pb2 as pb
 from tests.scheduler.conftest import RunningScheduler, StartScheduler, make_request
@@ -250,7 +253,7 @@ async def test_a_predictor_that_is_down_leaves_default_predictions(
 async def test_a_real_predictor_ranks_requests_and_learns_outcomes(
     start_scheduler: StartScheduler, predictor: str
 ) -> None:
-    scheduler = await start_scheduler(predictor_address=predictor)
+    scheduler = await start_scheduler(predictor_address=predictor, replay_predictions="predictor")
     await scheduler.worker()
     before = outcomes("qa")
     request = make_request(
@@ -382,3 +385,43 @@ async def test_a_lost_request_continues_elsewhere_from_everything_recorded(
     assert admit.append_text == " ab" + resume.append_text + " c"
     assert admit.generated_tokens == 3
     assert not admit.context_token_ids
+
+
+async def test_a_replayed_request_is_predicted_by_the_length_bin_of_its_script(
+    start_scheduler: StartScheduler, predictor: str
+) -> None:
+    # Binned replay predictions (the default) are what `lamps simulate` assumes: the predictor
+    # service is not asked, the first segment's 10-token bin and its call's type are known.
+    scheduler = await start_scheduler(predictor_address=predictor)
+    await scheduler.worker()
+    request = make_request(segments=[(37, "emulated.qa", 0.01, 2), (3, "", 0, 0)])
+    events = await scheduler.events(await scheduler.submit(request))
+    prediction = events[0].accepted.prediction
+    assert (prediction.pre_call_tokens, prediction.pre_call_bin) == (35, 3)
+    assert prediction.tool == "emulated.qa"
+    assert prediction.call_duration_seconds > 0
+    assert not prediction.from_model
+    assert events[-1].finished.state == FINISHED
+
+
+async def test_a_sped_up_scheduler_learns_tool_durations_in_engine_seconds(
+    start_scheduler: StartScheduler, redis_server: str
+) -> None:
+    # Workers 10x faster than real time: a call that took 0.05 s of wall time took 0.5 s of the
+    # engines' time, the unit every prediction and policy works in.
+    prefix = f"scale-{uuid.uuid4().hex[:8]}"
+    scheduler = await start_scheduler(time_scale=10.0, redis_prefix=prefix)
+    await scheduler.worker()
+    status = await scheduler.stub.ClusterStatus(pb.ClusterStatusRequest(), timeout=10)
+    assert status.time_scale == 10.0
+    request = make_request(segments=[(2, "emulated.math", 0.05, 1), (1, "", 0, 0)])
+    events = await scheduler.events(await scheduler.submit(request))
+    wall = events[-1].finished.timings.tool_seconds
+    assert wall >= 0.05
+    store = open_store(redis_server, prefix=prefix)
+    try:
+        learned = (await store.tool_stats())["emulated.math"]
+    finally:
+        await store.close()
+    assert learned.count == 1
+    assert learned.mean_seconds == pytest.approx(wall * 10.0, rel=0.05)
