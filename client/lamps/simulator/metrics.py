@@ -12,7 +12,8 @@ from lamps.simulator.simulator import Job, RunStats
 
 @dataclass(frozen=True, slots=True)
 class RunResult:
-    """One policy at one rate. Latencies in seconds; `serving` latency has tool time taken out."""
+    """One policy at one rate. Latencies in seconds (of the engines' time when sped up); `serving`
+    latency has tool time taken out."""
 
     policy: str
     rate: float
@@ -28,12 +29,17 @@ class RunResult:
     p99_ttft_s: float
     throughput_rps: float
     makespan_s: float
-    idle_held_gb: float
-    recompute_share: float
-    preemptions: int
-    starved: int
+    # What only the simulator observes (KV held idle, preemptions, the starved lane) is None in
+    # rows measured on a live system.
+    idle_held_gb: float | None
+    recompute_share: float | None
+    preemptions: int | None
+    starved: int | None
     wall_s: float
+    # "simulated" (lamps simulate) or "live" (lamps bench against a running system).
     source: str = "simulated"
+    # Requests that ended in an error (live: refused, failed, or not finished in time).
+    failed: int = 0
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
