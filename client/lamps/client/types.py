@@ -439,6 +439,8 @@ class ClusterStatus:
     running: int
     in_tool: int
     workers: tuple[WorkerStatus, ...]
+    # Engine seconds per wall second: above 1 when sim workers replay a benchmark sped up.
+    time_scale: float = 1.0
 
     @classmethod
     def from_proto(cls, s: pb.ClusterStatusResponse) -> ClusterStatus:
@@ -450,6 +452,7 @@ class ClusterStatus:
             running=s.running,
             in_tool=s.in_tool,
             workers=tuple(WorkerStatus.from_proto(w) for w in s.workers),
+            time_scale=s.time_scale or 1.0,
         )
 
 
