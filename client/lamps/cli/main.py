@@ -4,6 +4,7 @@ lamps scheduler serve --port 50051
 lamps worker serve
 lamps predictor serve
 lamps tool-runner serve
+lamps up --workers 2 --time-scale 10
 lamps predictor train --trace fireact --backbone PATH --json report.json
 """
 
@@ -81,7 +82,6 @@ ACTIONS = {
 
 # Commands announced in --help whose implementation has not landed in this release.
 PLANNED = {
-    "up": "start the whole system on this machine",
     "generate": "stream a generation from a running system",
     "status": "show workers, KV usage and the queue",
     "bench": "replay a trace against a running system",
@@ -89,6 +89,12 @@ PLANNED = {
 
 
 TOOLS = (
+    Command(
+        "up",
+        "start the whole system on this machine",
+        "lamps.cli.up:add_arguments",
+        "lamps.cli.up:run",
+    ),
     Command(
         "simulate",
         "compare policies on a trace in virtual time",
