@@ -68,18 +68,6 @@ class Client:
         )
         return str(response.request_id)
 
-    async def record(self, request_id: str) -> cpb.RequestRecord:
-        response = await self.stub.GetRequest(
-            pb.GetRequestRequest(request_id=request_id), metadata=self.metadata, timeout=10
-        )
-        return response.record
-
-    async def watch(self, request_id: str) -> list[cpb.RequestEvent]:
-        call = self.stub.Watch(
-            pb.WatchRequest(request_id=request_id), metadata=self.metadata, timeout=TIMEOUT_S
-        )
-        return [response.event async for response in call]
-
     async def status(self) -> pb.ClusterStatusResponse:
         return await self.stub.ClusterStatus(
             pb.ClusterStatusRequest(), metadata=self.metadata, timeout=10
