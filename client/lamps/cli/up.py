@@ -170,7 +170,7 @@ class LocalSystem:
     def _banner(self) -> str:
         config = self.config
         scheduler = self.supervisor.children["scheduler"]
-        auth = f" --token {'$TOKEN'}" if config.token else ""
+        auth = " --token $TOKEN" if config.token else ""
         lines = [
             f"LAMPS is up at {self.scheduler_address}",
             f"  workers     {config.workers} x {config.engine} ({config.worker_model}), "
