@@ -82,8 +82,6 @@ ACTIONS = {
 # Commands announced in --help whose implementation has not landed in this release.
 PLANNED = {
     "up": "start the whole system on this machine",
-    "generate": "stream a generation from a running system",
-    "status": "show workers, KV usage and the queue",
     "bench": "replay a trace against a running system",
 }
 
@@ -94,6 +92,18 @@ TOOLS = (
         "compare policies on a trace in virtual time",
         "lamps.simulator.cli:add_arguments",
         "lamps.simulator.cli:run",
+    ),
+    Command(
+        "generate",
+        "stream a generation from a running system",
+        "lamps.cli.generate:add_arguments",
+        "lamps.cli.generate:run",
+    ),
+    Command(
+        "status",
+        "show workers, KV usage and the queue",
+        "lamps.cli.status:add_arguments",
+        "lamps.cli.status:run",
     ),
     Command(
         "models",
