@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -50,3 +51,11 @@ def test_status_names_an_unreachable_address(capsys: pytest.CaptureFixture[str])
     assert main(["status", "--address", address]) == 1
     err = capsys.readouterr().err
     assert err.startswith(f"lamps status: cannot reach the scheduler at {address}: UNAVAILABLE")
+
+
+def test_status_with_an_unreadable_ca_file_says_so(tmp_path: Path) -> None:
+    missing = tmp_path / "missing-ca.pem"
+    with pytest.raises(SystemExit) as exited:
+        main(["status", "--tls-ca-file", str(missing)])
+    assert str(exited.value.code).startswith("lamps: cannot read a TLS file: ")
+    assert str(missing) in str(exited.value.code)

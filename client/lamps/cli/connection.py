@@ -58,17 +58,25 @@ def connection_from_args(args: argparse.Namespace) -> Connection:
 
 
 def client_from_args(args: argparse.Namespace, *, timeout_s: float | None = None) -> Client:
-    """A blocking client for the connection flags in `args`."""
+    """A blocking client for the connection flags in `args`; exits 1 if a TLS file is
+    unreadable."""
     conn = connection_from_args(args)
-    return Client(conn.target, token=conn.token, tls=conn.tls, timeout_s=timeout_s)
+    try:
+        return Client(conn.target, token=conn.token, tls=conn.tls, timeout_s=timeout_s)
+    except OSError as exc:
+        raise SystemExit(f"lamps: cannot read a TLS file: {exc}") from exc
 
 
 def async_client_from_args(
     args: argparse.Namespace, *, timeout_s: float | None = None
 ) -> AsyncClient:
-    """An asyncio client for the connection flags in `args`."""
+    """An asyncio client for the connection flags in `args`; exits 1 if a TLS file is
+    unreadable. Create it inside the event loop that will use it."""
     conn = connection_from_args(args)
-    return AsyncClient(conn.target, token=conn.token, tls=conn.tls, timeout_s=timeout_s)
+    try:
+        return AsyncClient(conn.target, token=conn.token, tls=conn.tls, timeout_s=timeout_s)
+    except OSError as exc:
+        raise SystemExit(f"lamps: cannot read a TLS file: {exc}") from exc
 
 
 def report_error(command: str, target: str, error: LampsError) -> int:

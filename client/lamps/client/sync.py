@@ -27,7 +27,6 @@ from lamps.client.types import (
     RequestRecord,
     RequestState,
     Submitted,
-    event_from_proto,
     state_from_proto,
 )
 from lamps.common.channel import CHANNEL_OPTIONS
@@ -137,9 +136,9 @@ class Client:
             error: grpc.RpcError | None = None
             try:
                 for response in call:
-                    event = event_from_proto(response.event)
-                    state.seen(event)
-                    yield event
+                    event = state.seen(response.event)
+                    if event is not None:
+                        yield event
                     if state.done:
                         return
             except grpc.RpcError as exc:

@@ -304,8 +304,9 @@ class Finished:
 Event = Accepted | StateChanged | Tokens | ToolCallStarted | ToolCallFinished | Finished
 
 
-def event_from_proto(e: cpb.RequestEvent) -> Event:
-    """The typed event for a RequestEvent; ValueError for a kind this SDK does not know."""
+def event_from_proto(e: cpb.RequestEvent) -> Event | None:
+    """The typed event for a RequestEvent; None for a kind newer than this SDK, which a
+    client skips rather than failing a whole generation over."""
     head: dict[str, Any] = {"request_id": e.request_id, "offset": e.offset, "time": _time(e.time)}
     kind = e.WhichOneof("kind")
     if kind == "accepted":
@@ -338,7 +339,7 @@ def event_from_proto(e: cpb.RequestEvent) -> Event:
             timings=Timings.from_proto(f.timings),
             error_message=f.error_message,
         )
-    raise ValueError(f"event {e.offset} of {e.request_id} has an unknown kind {kind!r}")
+    return None
 
 
 # Records ----------------------------------------------------------------------------------------
