@@ -9,6 +9,7 @@ from typing import Any, TypeVar, Unpack
 
 import grpc
 
+from lamps.client.enums import RequestState, state_from_proto
 from lamps.client.errors import from_rpc_error
 from lamps.client.options import (
     DEFAULT_ADDRESS,
@@ -25,9 +26,7 @@ from lamps.client.types import (
     ClusterStatus,
     Event,
     RequestRecord,
-    RequestState,
     Submitted,
-    state_from_proto,
 )
 from lamps.common.channel import CHANNEL_OPTIONS
 from lamps.v1 import scheduler_pb2 as pb
