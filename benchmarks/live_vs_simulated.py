@@ -141,7 +141,6 @@ def local_system(args: argparse.Namespace, policy: str, kv_bytes: int) -> Iterat
             *("-m", "lamps.cli.main", "up", "--port", "0", "--state-dir", state),
             *("--policy", policy, "--time-scale", str(args.time_scale)),
             *("--profile", args.profile, "--kv-cache-bytes", str(kv_bytes)),
-            *("--log-level", "WARNING"),
         ]
         log = Path(state) / "up.log"
         with log.open("wb") as out:

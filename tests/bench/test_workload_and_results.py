@@ -63,5 +63,6 @@ def test_live_results_are_in_engine_seconds_and_count_failures() -> None:
     assert result.mean_serving_latency_s == pytest.approx(13.5)
     assert result.makespan_s == pytest.approx(30.0)
     assert result.throughput_rps == pytest.approx(2 / 30.0)
-    assert result.idle_held_gb is None and result.preemptions is None
+    assert result.idle_held_gb is None
+    assert result.preemptions is None
     assert result.to_json()["source"] == "live"

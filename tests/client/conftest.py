@@ -3,7 +3,6 @@ SDK tests of this package; tests that restart or reconfigure the scheduler start
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -18,18 +17,7 @@ def system(
     redis_process: RedisProcess, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[LocalSystem]:
     with running_system(tmp_path_factory.mktemp("system"), redis_process.url, workers=2) as running:
-        with Client(running.target, token=CLIENT_TOKEN) as client:
-            wait_for_workers(client, 2)
         yield running
-
-
-def wait_for_workers(client: Client, count: int) -> None:
-    """Block until `count` workers have registered (each registers once it serves)."""
-    for _ in range(600):
-        if len(client.cluster_status().workers) >= count:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"{count} workers never registered")
 
 
 @pytest.fixture

@@ -21,7 +21,6 @@ from lamps.client import (
     Tokens,
     ToolCallStarted,
 )
-from tests.client.conftest import wait_for_workers
 from tests.support.redis import RedisProcess
 from tests.support.system import CLIENT_TOKEN, LocalSystem, running_system
 
@@ -34,8 +33,6 @@ def restartable(
     redis_process: RedisProcess, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[LocalSystem]:
     with running_system(tmp_path_factory.mktemp("restart"), redis_process.url) as running:
-        with Client(running.target, token=CLIENT_TOKEN) as client:
-            wait_for_workers(client, 1)
         yield running
 
 

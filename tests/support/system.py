@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lamps.client import TLS, Client
 from lamps.scheduler.embedded import free_port
 from tests.support.certs import CertPair
 from tests.support.processes import REPO_ROOT, ServiceProcess, lamps_command, loopback_serve_args
@@ -125,7 +127,21 @@ def running_system(
         system.start_scheduler()
         for index in range(workers):
             system.start_worker(f"w{index + 1}", *worker_args)
+        wait_for_workers(system, workers)
         yield system
     finally:
         unclean = system.stop()
     assert not unclean, "services did not exit 0 on SIGTERM:\n" + "\n".join(unclean)
+
+
+def wait_for_workers(system: LocalSystem, count: int) -> None:
+    """Block until `count` workers have registered: a worker logs "serving" before its
+    registration lands, and nothing announces that but the scheduler's status."""
+    tls = TLS(ca_file=system.ca_file) if system.ca_file is not None else None
+    target = f"localhost:{system.port}" if tls is not None else system.target
+    with Client(target, token=CLIENT_TOKEN, tls=tls, timeout_s=10) as client:
+        for _ in range(600):
+            if len(client.cluster_status().workers) >= count:
+                return
+            time.sleep(0.05)
+    raise AssertionError(f"{count} workers never registered with the scheduler")

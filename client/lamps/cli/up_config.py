@@ -64,7 +64,11 @@ class UpConfig:
     drain_seconds: float = option(
         30.0, "on Ctrl-C or SIGTERM, seconds each part gets to stop before it is killed"
     )
-    log_level: str = option("INFO", "log level of every part: DEBUG, INFO, WARNING or ERROR")
+    log_level: str = option(
+        "INFO",
+        "log level of every part: DEBUG or INFO (lamps up reads each part's INFO line that says "
+        "where it serves)",
+    )
 
     def __post_init__(self) -> None:
         for name in ("port", "metrics_port"):
@@ -93,6 +97,11 @@ class UpConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"{flag_name(name)} must be at least 1")
+        if self.log_level.upper() not in {"DEBUG", "INFO"}:
+            raise ConfigError(
+                f"--log-level={self.log_level!r}: lamps up needs each part's INFO lines (the one "
+                "saying where it serves); use INFO or DEBUG"
+            )
         if self.predictor_model is not None and not self.predictor_model.is_file():
             raise ConfigError(f"--predictor-model={self.predictor_model}: no such file")
 

@@ -35,6 +35,7 @@ LAMPS_TLS_CERT_FILE, LAMPS_TLS_KEY_FILE and LAMPS_TLS_SERVER_NAME. Every failure
 """
 
 from lamps.client.aio import AsyncClient
+from lamps.client.enums import FinishReason, RequestState, Strategy, ToolErrorCode, WorkerState
 from lamps.client.errors import (
     AlreadyExists,
     InvalidRequest,
@@ -52,13 +53,10 @@ from lamps.client.types import (
     ClusterStatus,
     Event,
     Finished,
-    FinishReason,
     Prediction,
     ReplaySegment,
     RequestRecord,
-    RequestState,
     StateChanged,
-    Strategy,
     Submitted,
     Timings,
     Tokens,
@@ -66,10 +64,8 @@ from lamps.client.types import (
     ToolCallFinished,
     ToolCallStarted,
     ToolError,
-    ToolErrorCode,
     ToolResult,
     Usage,
-    WorkerState,
     WorkerStatus,
 )
 

@@ -12,7 +12,7 @@ from typing import TypedDict
 import grpc
 
 from lamps.client.errors import LampsError, Unavailable, from_rpc_error
-from lamps.client.types import Event, Finished, ReplaySegment
+from lamps.client.types import Event, ReplaySegment, event_from_proto
 from lamps.common.channel import ClientTls
 from lamps.v1 import common_pb2 as cpb
 from lamps.v1 import scheduler_pb2 as pb
@@ -146,12 +146,14 @@ class Resumption:
         """True when a stream that ended with `error` leaves nothing more to read."""
         return self.done or (error is None and not self.progressed and self.request_id is not None)
 
-    def seen(self, event: Event) -> None:
-        self.request_id = event.request_id
-        self.next_offset = event.offset + 1
+    def seen(self, raw: cpb.RequestEvent) -> Event | None:
+        """Note an event received; returns it typed (None for a kind this SDK does not know)."""
+        self.request_id = raw.request_id
+        self.next_offset = raw.offset + 1
         self.attempt = 0
         self.progressed = True
-        self.done = isinstance(event, Finished)
+        self.done = raw.HasField("finished")
+        return event_from_proto(raw)
 
     def retry_after(self, error: grpc.RpcError | None) -> float:
         """The wait before resuming a stream that broke with `error` (None: it ended before the

@@ -5,12 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from lamps.client.enums import FinishReason, RequestState, Strategy
 from lamps.client.types import (
     Event,
     Finished,
-    FinishReason,
-    RequestState,
-    Strategy,
     Timings,
     Tokens,
     ToolCall,

@@ -9,6 +9,7 @@ from typing import Any, TypeVar, Unpack
 
 import grpc
 
+from lamps.client.enums import RequestState, state_from_proto
 from lamps.client.errors import from_rpc_error
 from lamps.client.options import (
     DEFAULT_ADDRESS,
@@ -25,10 +26,7 @@ from lamps.client.types import (
     ClusterStatus,
     Event,
     RequestRecord,
-    RequestState,
     Submitted,
-    event_from_proto,
-    state_from_proto,
 )
 from lamps.common.channel import CHANNEL_OPTIONS
 from lamps.v1 import scheduler_pb2 as pb
@@ -137,9 +135,9 @@ class Client:
             error: grpc.RpcError | None = None
             try:
                 for response in call:
-                    event = event_from_proto(response.event)
-                    state.seen(event)
-                    yield event
+                    event = state.seen(response.event)
+                    if event is not None:
+                        yield event
                     if state.done:
                         return
             except grpc.RpcError as exc:

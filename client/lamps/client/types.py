@@ -5,83 +5,25 @@ Times are float seconds since the epoch; durations are float seconds (fields end
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from lamps.client.enums import (
+    FinishReason,
+    RequestState,
+    Strategy,
+    ToolErrorCode,
+    WorkerState,
+    enum_from_proto,
+    reason_from_proto,
+    state_from_proto,
+    strategy_from_proto,
+)
 from lamps.v1 import common_pb2 as cpb
 from lamps.v1 import scheduler_pb2 as pb
-
-
-class RequestState(enum.StrEnum):
-    """Where a request is in its lifecycle."""
-
-    UNSPECIFIED = "unspecified"
-    QUEUED = "queued"
-    RUNNING = "running"
-    IN_TOOL = "in_tool"
-    FINISHED = "finished"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-    @property
-    def ended(self) -> bool:
-        """True for the three final states."""
-        return self in (RequestState.FINISHED, RequestState.FAILED, RequestState.CANCELLED)
-
-
-class Strategy(enum.StrEnum):
-    """How a request's KV cache is kept while it waits on a tool call."""
-
-    UNSPECIFIED = "unspecified"
-    PRESERVE = "preserve"
-    DISCARD = "discard"
-    SWAP = "swap"
-
-
-class FinishReason(enum.StrEnum):
-    """Why a generation ended."""
-
-    UNSPECIFIED = "unspecified"
-    STOP = "stop"
-    LENGTH = "length"
-    CANCELLED = "cancelled"
-    ERROR = "error"
-
-
-class ToolErrorCode(enum.StrEnum):
-    """What went wrong in a tool call."""
-
-    UNSPECIFIED = "unspecified"
-    UNKNOWN_TOOL = "unknown_tool"
-    INVALID_ARGUMENTS = "invalid_arguments"
-    TIMEOUT = "timeout"
-    TOOL_FAILED = "tool_failed"
-    BUSY = "busy"
-    UNAVAILABLE = "unavailable"
-
-
-class WorkerState(enum.StrEnum):
-    """Whether a worker takes new work."""
-
-    UNSPECIFIED = "unspecified"
-    READY = "ready"
-    DRAINING = "draining"
-
-
-_E = TypeVar("_E", bound=enum.StrEnum)
-
-
-def _enum(kind: type[_E], descriptor: Any, value: int, prefix: str) -> _E:
-    """The SDK enum member for a proto enum value; UNSPECIFIED for a value newer than the SDK."""
-    try:
-        name = descriptor.Name(value)
-    except ValueError:
-        return kind("unspecified")
-    return kind(name.removeprefix(prefix).lower())
 
 
 def _time(stamp: Timestamp) -> float:
@@ -205,21 +147,11 @@ class ToolResult:
     def from_proto(cls, r: cpb.ToolResult) -> ToolResult:
         error = None
         if r.HasField("error") and r.error.code != cpb.TOOL_ERROR_CODE_UNSPECIFIED:
-            code = _enum(ToolErrorCode, cpb.ToolErrorCode, r.error.code, "TOOL_ERROR_CODE_")
+            code = enum_from_proto(
+                ToolErrorCode, cpb.ToolErrorCode, r.error.code, "TOOL_ERROR_CODE_"
+            )
             error = ToolError(code=code, message=r.error.message)
         return cls(call_id=r.call_id, output=r.output, duration_s=r.duration_seconds, error=error)
-
-
-def _strategy(value: int) -> Strategy:
-    return _enum(Strategy, cpb.Strategy, value, "STRATEGY_")
-
-
-def _state(value: int) -> RequestState:
-    return _enum(RequestState, cpb.RequestState, value, "REQUEST_STATE_")
-
-
-def _reason(value: int) -> FinishReason:
-    return _enum(FinishReason, cpb.FinishReason, value, "FINISH_REASON_")
 
 
 # Events -----------------------------------------------------------------------------------------
@@ -304,18 +236,22 @@ class Finished:
 Event = Accepted | StateChanged | Tokens | ToolCallStarted | ToolCallFinished | Finished
 
 
-def event_from_proto(e: cpb.RequestEvent) -> Event:
-    """The typed event for a RequestEvent; ValueError for a kind this SDK does not know."""
+def event_from_proto(e: cpb.RequestEvent) -> Event | None:
+    """The typed event for a RequestEvent; None for a kind newer than this SDK, which a
+    client skips rather than failing a whole generation over."""
     head: dict[str, Any] = {"request_id": e.request_id, "offset": e.offset, "time": _time(e.time)}
     kind = e.WhichOneof("kind")
     if kind == "accepted":
         a = e.accepted
         prediction = Prediction.from_proto(a.prediction) if a.HasField("prediction") else None
-        return Accepted(**head, prediction=prediction, strategy=_strategy(a.strategy))
+        return Accepted(**head, prediction=prediction, strategy=strategy_from_proto(a.strategy))
     if kind == "state_changed":
         s = e.state_changed
         return StateChanged(
-            **head, state=_state(s.state), worker_id=s.worker_id, strategy=_strategy(s.strategy)
+            **head,
+            state=state_from_proto(s.state),
+            worker_id=s.worker_id,
+            strategy=strategy_from_proto(s.strategy),
         )
     if kind == "tokens":
         t = e.tokens
@@ -325,20 +261,20 @@ def event_from_proto(e: cpb.RequestEvent) -> Event:
         call = ToolCall(
             call_id=c.call.call_id, name=c.call.name, arguments_json=c.call.arguments_json
         )
-        return ToolCallStarted(**head, call=call, strategy=_strategy(c.strategy))
+        return ToolCallStarted(**head, call=call, strategy=strategy_from_proto(c.strategy))
     if kind == "tool_call_finished":
         return ToolCallFinished(**head, result=ToolResult.from_proto(e.tool_call_finished.result))
     if kind == "finished":
         f = e.finished
         return Finished(
             **head,
-            state=_state(f.state),
-            reason=_reason(f.reason),
+            state=state_from_proto(f.state),
+            reason=reason_from_proto(f.reason),
             usage=Usage.from_proto(f.usage),
             timings=Timings.from_proto(f.timings),
             error_message=f.error_message,
         )
-    raise ValueError(f"event {e.offset} of {e.request_id} has an unknown kind {kind!r}")
+    return None
 
 
 # Records ----------------------------------------------------------------------------------------
@@ -368,17 +304,17 @@ class RequestRecord:
     def from_proto(cls, r: pb.RequestRecord) -> RequestRecord:
         return cls(
             request_id=r.request_id,
-            state=_state(r.state),
+            state=state_from_proto(r.state),
             worker_id=r.worker_id,
             created_at=_time(r.created_at),
             finished_at=_time(r.finished_at) if r.HasField("finished_at") else None,
             prediction=Prediction.from_proto(r.prediction) if r.HasField("prediction") else None,
-            strategy=_strategy(r.strategy),
+            strategy=strategy_from_proto(r.strategy),
             rank=r.rank,
             passed_over=r.passed_over,
             usage=Usage.from_proto(r.usage),
             timings=Timings.from_proto(r.timings),
-            finish_reason=_reason(r.finish_reason),
+            finish_reason=reason_from_proto(r.finish_reason),
             error_message=r.error_message,
             next_offset=r.next_offset,
             labels=dict(r.labels),
@@ -415,7 +351,7 @@ class WorkerStatus:
             worker_id=w.worker_id,
             model=w.model,
             engine=w.engine,
-            state=_enum(WorkerState, pb.WorkerState, w.state, "WORKER_STATE_"),
+            state=enum_from_proto(WorkerState, pb.WorkerState, w.state, "WORKER_STATE_"),
             kv_block_size=kv.block_size,
             kv_used_blocks=kv.total_blocks - kv.free_blocks,
             kv_total_blocks=kv.total_blocks,
@@ -424,7 +360,7 @@ class WorkerStatus:
             running=w.running,
             in_tool=w.in_tool,
             last_report_at=_time(w.last_report_at) if w.HasField("last_report_at") else None,
-            strategies=tuple(_strategy(s) for s in w.strategies),
+            strategies=tuple(strategy_from_proto(s) for s in w.strategies),
         )
 
 
@@ -454,11 +390,6 @@ class ClusterStatus:
             workers=tuple(WorkerStatus.from_proto(w) for w in s.workers),
             time_scale=s.time_scale or 1.0,
         )
-
-
-def state_from_proto(value: int) -> RequestState:
-    """The SDK's RequestState for a proto value."""
-    return _state(value)
 
 
 @dataclass(frozen=True)
