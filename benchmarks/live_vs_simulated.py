@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from lamps.bench.results import latencies, summarize_live
-from lamps.bench.runner import Replay, replay
+from lamps.bench.runner import Progress, Replay, replay
+from lamps.cli.progress import progress_bar
 from lamps.client import AsyncClient
 from lamps.model.cost import get_profile
 from lamps.model.workload import load_trace, poisson_arrivals
@@ -77,7 +78,9 @@ def main() -> int:
             scheduler_pid = int(endpoints["parts"]["scheduler"]["pid"])
             cpu_before = _cpu_seconds(scheduler_pid)
             started = time.perf_counter()
-            outcomes, lag = asyncio.run(_replay(endpoints["scheduler"], arrivals, args))
+            outcomes, lag = asyncio.run(
+                _replay(endpoints["scheduler"], arrivals, args, _progress(policy))
+            )
             wall = time.perf_counter() - started
             cpu = _cpu_seconds(scheduler_pid) - cpu_before
         live = summarize_live(policy, args.rate, outcomes, args.time_scale, wall)
@@ -169,22 +172,24 @@ def _wait_ready(proc: subprocess.Popen[bytes], endpoints: Path, log: Path) -> di
 
 
 async def _replay(
-    address: str, arrivals: list[Any], args: argparse.Namespace
+    address: str, arrivals: list[Any], args: argparse.Namespace, progress: Progress
 ) -> tuple[list[Any], float]:
     async with AsyncClient(address) as client:
         return await replay(
             client,
             arrivals,
             Replay(time_scale=args.time_scale, deadline_s=args.deadline / args.time_scale),
-            _progress,
+            progress,
         )
 
 
-def _progress(sent: int, ended: int, total: int) -> None:
-    sys.stderr.write(f"\r  {sent}/{total} sent, {ended} ended   ")
-    if ended == total:
-        sys.stderr.write("\n")
-    sys.stderr.flush()
+def _progress(label: str) -> Progress:
+    bar = progress_bar()
+
+    def show(sent: int, ended: int, total: int) -> None:
+        bar(f"{label}: {sent}/{total} sent, {ended} ended", ended / max(total, 1))
+
+    return show
 
 
 def _cpu_seconds(pid: int) -> float:
