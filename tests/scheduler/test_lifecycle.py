@@ -45,9 +45,10 @@ async def test_a_plain_request_runs_to_the_end(scheduler: RunningScheduler) -> N
 async def test_preserve_keeps_the_request_on_its_worker_and_resumes_it_there(
     start_scheduler: StartScheduler,
 ) -> None:
-    # InferCept decides at the intercept from the time the call has run (none): Preserve.
+    # InferCept decides at the intercept from the time the call has run (none): Preserve. A worker
+    # that can only preserve keeps it so (with Swap on offer InferCept soon moves a call there).
     scheduler = await start_scheduler(policy="infercept")
-    worker = await scheduler.worker()
+    worker = await scheduler.worker(strategies=(cpb.STRATEGY_PRESERVE,))
     request = make_request(segments=[(4, "emulated.qa", 0.05, 6), (2, "", 0.0, 0)])
     request_id = await scheduler.submit(request)
     events = await scheduler.events(request_id)
@@ -72,6 +73,7 @@ async def test_preserve_keeps_the_request_on_its_worker_and_resumes_it_there(
     assert resume.request_id == request_id
     assert resume.append_tokens == 6
     assert len(worker.of_kind("admit")) == 1
+    assert not worker.of_kind("pause")
     usage = events[-1].finished.usage
     assert (usage.completion_tokens, usage.tool_output_tokens, usage.tool_calls) == (6, 6, 1)
     assert events[-1].finished.timings.tool_seconds > 0
@@ -425,3 +427,23 @@ async def test_a_sped_up_scheduler_learns_tool_durations_in_engine_seconds(
         await store.close()
     assert learned.count == 1
     assert learned.mean_seconds == pytest.approx(wall * 10.0, rel=0.05)
+
+
+async def test_a_call_moved_to_another_strategy_tells_the_client(
+    start_scheduler: StartScheduler,
+) -> None:
+    # InferCept preserves at the intercept, then moves a call that runs past the point where
+    # swapping wastes less to Swap: the client's log says so.
+    scheduler = await start_scheduler(policy="infercept")
+    await scheduler.worker()
+    request = make_request(segments=[(4, "emulated.chatbot", 0.5, 6), (2, "", 0.0, 0)])
+    events = await scheduler.events(await scheduler.submit(request))
+    in_tool = [
+        e.state_changed.strategy
+        for e in events
+        if e.HasField("state_changed") and e.state_changed.state == IN_TOOL
+    ]
+    assert in_tool[0] == cpb.STRATEGY_PRESERVE
+    assert in_tool[-1] == cpb.STRATEGY_SWAP
+    record = await scheduler.record(events[0].request_id)
+    assert record.strategy == cpb.STRATEGY_SWAP

@@ -30,7 +30,12 @@ EXIT_INTERRUPTED = 130
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("prompt", help="the prompt text")
-    parser.add_argument("--max-tokens", type=int, default=0, help="0: the server's default")
+    parser.add_argument(
+        "--max-tokens",
+        type=int,
+        default=256,
+        help="most tokens to generate over the whole request; 0: the server's limit",
+    )
     parser.add_argument("--temperature", type=float, default=0.0, help="0 is greedy")
     parser.add_argument("--top-p", type=float, default=0.0, help="nucleus mass; 0 means 1")
     parser.add_argument("--seed", type=int, default=0, help="0: unseeded")

@@ -9,6 +9,7 @@ from lamps.client.enums import FinishReason, RequestState, Strategy
 from lamps.client.types import (
     Event,
     Finished,
+    StateChanged,
     Timings,
     Tokens,
     ToolCall,
@@ -24,6 +25,7 @@ class ToolCallRecord:
     """One tool call of a generation and its result (None if the request ended during it)."""
 
     call: ToolCall
+    # The strategy the call ended under (the scheduler may change it while the call runs).
     strategy: Strategy
     result: ToolResult | None
 
@@ -53,12 +55,22 @@ class Result:
         token_ids: list[int] = []
         text: list[str] = []
         calls: dict[str, ToolCallRecord] = {}
+        open_call = ""
         for event in log:
             if isinstance(event, Tokens):
                 token_ids.extend(event.token_ids)
                 text.append(event.text)
             elif isinstance(event, ToolCallStarted):
                 calls[event.call.call_id] = ToolCallRecord(event.call, event.strategy, None)
+                open_call = event.call.call_id
+            elif (
+                isinstance(event, StateChanged)
+                and event.state is RequestState.IN_TOOL
+                and open_call in calls
+            ):
+                # The scheduler moved the paused request to another strategy mid-call.
+                kept = calls[open_call]
+                calls[open_call] = ToolCallRecord(kept.call, event.strategy, kept.result)
             elif isinstance(event, ToolCallFinished) and event.result.call_id in calls:
                 started = calls[event.result.call_id]
                 calls[event.result.call_id] = ToolCallRecord(

@@ -480,6 +480,13 @@ class ReportHandler(ABC):
                     pause=pb.Pause(request_id=request_id, strategy=STRATEGY_TO_PB[strategy])
                 )
             )
+            # Clients learn the call's new strategy as they learned the first one.
+            job.add_event(
+                time.time(),
+                state_changed=cpb.StateChanged(
+                    state=IN_TOOL, worker_id=worker.worker_id, strategy=STRATEGY_TO_PB[strategy]
+                ),
+            )
             self._touch(job)
         elif decision.revisit_after_s is not None:
             self._schedule_revisit(job, decision.revisit_after_s)
