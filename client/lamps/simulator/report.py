@@ -93,13 +93,17 @@ def plot_latency_cdf(path: Path, series: Mapping[str, Sequence[float]], title: s
     """The cumulative distribution of end-to-end latency, one line per labelled series."""
     plt = _pyplot()
     figure, axis = plt.subplots(figsize=(7, 4.2))
+    # "lamps (live)" and "lamps (simulated)" share a colour; simulated lines are dashed.
+    colours: dict[str, str] = {}
     for label, values in series.items():
         ordered = sorted(values)
         if not ordered:
             continue
         fractions = [(index + 1) / len(ordered) for index in range(len(ordered))]
+        base = label.split(" (")[0]
+        colour = colours.setdefault(base, f"C{len(colours) % 10}")
         style = "--" if "simulated" in label else "-"
-        axis.plot(ordered, fractions, style, label=label, drawstyle="steps-post")
+        axis.plot(ordered, fractions, style, color=colour, label=label, drawstyle="steps-post")
     axis.set(xlabel="end-to-end latency (s)", ylabel="fraction of requests", xscale="log")
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
