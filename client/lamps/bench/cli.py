@@ -17,7 +17,11 @@ from pathlib import Path
 
 from lamps.bench.results import latencies, summarize_live
 from lamps.bench.runner import Progress, Replay, replay
-from lamps.cli.connection import add_connection_arguments, async_client_from_args
+from lamps.cli.connection import (
+    add_connection_arguments,
+    async_client_from_args,
+    connection_from_args,
+)
 from lamps.cli.progress import progress_bar
 from lamps.client import AsyncClient, ClusterStatus, LampsError
 from lamps.model.cost import PROFILES, CostModel, get_profile
@@ -100,7 +104,8 @@ async def _run(args: argparse.Namespace) -> int:
         cost = _cost(status, args.profile, args.kv_tokens)
         workers = len(status.workers)
         print(
-            f"{trace.name} against {args.address}: policy {status.policy}, {workers} worker(s), "
+            f"{trace.name} against {connection_from_args(args).target}: policy "
+            f"{status.policy}, {workers} worker(s), "
             f"time scale {scale:g}, {args.duration:g} s of arrivals, seed {args.seed}",
             file=sys.stderr,
         )

@@ -178,7 +178,7 @@ class LocalSystem:
             f"  policy      {config.policy}",
             f"  metrics     http://{parts.LOOPBACK}:{scheduler.metrics_port}/metrics",
             f"  logs        {self.paths.log_dir}",
-            f"  try         lamps generate 'What is 2+3?' --tool calculator{auth}",
+            f"  try         lamps generate 'What is 2+3?'{auth}",
             "Ctrl-C to stop.",
         ]
         return "\n".join(lines)
