@@ -7,11 +7,10 @@ directly. What only the simulator can observe (KV held idle, preemptions, the st
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Sequence
 
 from lamps.bench.runner import Outcome
-from lamps.simulator.metrics import RunResult, percentile
+from lamps.simulator.metrics import RunResult, latency_columns
 
 
 def latencies(outcomes: Sequence[Outcome], time_scale: float) -> list[float]:
@@ -41,13 +40,7 @@ def summarize_live(
         requests=len(outcomes),
         finished=len(done),
         rejected=len(outcomes) - len(done),
-        mean_latency_s=_mean(latency),
-        p50_latency_s=percentile(latency, 0.5),
-        p99_latency_s=percentile(latency, 0.99),
-        mean_serving_latency_s=_mean(serving),
-        p99_serving_latency_s=percentile(serving, 0.99),
-        mean_ttft_s=_mean(ttft),
-        p99_ttft_s=percentile(ttft, 0.99),
+        **latency_columns(latency, serving, ttft),
         throughput_rps=len(done) / span,
         makespan_s=span,
         idle_held_gb=None,
@@ -58,7 +51,3 @@ def summarize_live(
         source="live",
         failed=len(outcomes) - len(done),
     )
-
-
-def _mean(values: Sequence[float]) -> float:
-    return statistics.fmean(values) if values else 0.0
