@@ -7,16 +7,16 @@ import subprocess
 
 import pytest
 
-from lamps.cli.main import PLANNED, SERVICES, TOOLS, main
+from lamps.cli.main import SERVICES, TOOLS, main
 from tests.support.processes import lamps_command
 
 
-def test_help_lists_every_service_and_planned_command(capsys: pytest.CaptureFixture[str]) -> None:
+def test_help_lists_every_service_and_command(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
         main(["--help"])
     assert exited.value.code == 0
     out = capsys.readouterr().out
-    for name in [s.name for s in SERVICES] + [t.name for t in TOOLS] + list(PLANNED):
+    for name in [s.name for s in SERVICES] + [t.name for t in TOOLS]:
         assert f"\n    {name}" in out
 
 
@@ -29,11 +29,6 @@ def test_each_service_has_serve_with_port_flags(
     out = capsys.readouterr().out
     for flag in ("--port", "--metrics-port", "--auth-tokens", "--tls-cert-file", "LAMPS_PORT"):
         assert flag in out
-
-
-def test_a_planned_command_says_it_is_not_available(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["up"]) == 2
-    assert "not available in this release" in capsys.readouterr().err
 
 
 def test_the_installed_entry_point_runs() -> None:

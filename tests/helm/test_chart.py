@@ -244,6 +244,13 @@ def test_cpu_values_request_no_gpu_and_run_the_cpu_worker_image() -> None:
     (container,) = containers(worker)
     assert "nvidia.com/gpu" not in yaml.safe_dump(worker)
     assert container["image"] == "lamps/lamps-worker:0.1.0-cpu"
+    # The sim workers run 10x faster; the scheduler reckons in their time, the tools sleep 1/10.
+    engines = {e["name"]: e.get("value") for e in container["env"]}
+    (scheduler,) = containers(find(manifests, "Deployment", "scheduler"))
+    reckoning = {e["name"]: e.get("value") for e in scheduler["env"]}
+    assert engines["LAMPS_TIME_SCALE"] == reckoning["LAMPS_TIME_SCALE"] == "10"
+    (tools,) = containers(find(manifests, "Deployment", "tool-runner"))
+    assert "--time-scale=0.1" in tools["args"]
 
 
 def test_external_redis_comes_from_its_secret_and_no_redis_is_bundled() -> None:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 
+import pytest
 from prometheus_client import REGISTRY
 
+from lamps.scheduler.queue import open_store
 from lamps.v1 import common_pb2 as cpb
 from lamps.v1 import scheduler_pb2 as pb
 from tests.scheduler.conftest import RunningScheduler, StartScheduler, make_request
@@ -42,9 +45,10 @@ async def test_a_plain_request_runs_to_the_end(scheduler: RunningScheduler) -> N
 async def test_preserve_keeps_the_request_on_its_worker_and_resumes_it_there(
     start_scheduler: StartScheduler,
 ) -> None:
-    # InferCept decides at the intercept from the time the call has run (none): Preserve.
+    # InferCept decides at the intercept from the time the call has run (none): Preserve. A worker
+    # that can only preserve keeps it so (with Swap on offer InferCept soon moves a call there).
     scheduler = await start_scheduler(policy="infercept")
-    worker = await scheduler.worker()
+    worker = await scheduler.worker(strategies=(cpb.STRATEGY_PRESERVE,))
     request = make_request(segments=[(4, "emulated.qa", 0.05, 6), (2, "", 0.0, 0)])
     request_id = await scheduler.submit(request)
     events = await scheduler.events(request_id)
@@ -69,6 +73,7 @@ async def test_preserve_keeps_the_request_on_its_worker_and_resumes_it_there(
     assert resume.request_id == request_id
     assert resume.append_tokens == 6
     assert len(worker.of_kind("admit")) == 1
+    assert not worker.of_kind("pause")
     usage = events[-1].finished.usage
     assert (usage.completion_tokens, usage.tool_output_tokens, usage.tool_calls) == (6, 6, 1)
     assert events[-1].finished.timings.tool_seconds > 0
@@ -250,7 +255,7 @@ async def test_a_predictor_that_is_down_leaves_default_predictions(
 async def test_a_real_predictor_ranks_requests_and_learns_outcomes(
     start_scheduler: StartScheduler, predictor: str
 ) -> None:
-    scheduler = await start_scheduler(predictor_address=predictor)
+    scheduler = await start_scheduler(predictor_address=predictor, replay_predictions="predictor")
     await scheduler.worker()
     before = outcomes("qa")
     request = make_request(
@@ -382,3 +387,63 @@ async def test_a_lost_request_continues_elsewhere_from_everything_recorded(
     assert admit.append_text == " ab" + resume.append_text + " c"
     assert admit.generated_tokens == 3
     assert not admit.context_token_ids
+
+
+async def test_a_replayed_request_is_predicted_by_the_length_bin_of_its_script(
+    start_scheduler: StartScheduler, predictor: str
+) -> None:
+    # Binned replay predictions (the default) are what `lamps simulate` assumes: the predictor
+    # service is not asked, the first segment's 10-token bin and its call's type are known.
+    scheduler = await start_scheduler(predictor_address=predictor)
+    await scheduler.worker()
+    request = make_request(segments=[(37, "emulated.qa", 0.01, 2), (3, "", 0, 0)])
+    events = await scheduler.events(await scheduler.submit(request))
+    prediction = events[0].accepted.prediction
+    assert (prediction.pre_call_tokens, prediction.pre_call_bin) == (35, 3)
+    assert prediction.tool == "emulated.qa"
+    assert prediction.call_duration_seconds > 0
+    assert not prediction.from_model
+    assert events[-1].finished.state == FINISHED
+
+
+async def test_a_sped_up_scheduler_learns_tool_durations_in_engine_seconds(
+    start_scheduler: StartScheduler, redis_server: str
+) -> None:
+    # Workers 10x faster than real time: a call that took 0.05 s of wall time took 0.5 s of the
+    # engines' time, the unit every prediction and policy works in.
+    prefix = f"scale-{uuid.uuid4().hex[:8]}"
+    scheduler = await start_scheduler(time_scale=10.0, redis_prefix=prefix)
+    await scheduler.worker()
+    status = await scheduler.stub.ClusterStatus(pb.ClusterStatusRequest(), timeout=10)
+    assert status.time_scale == 10.0
+    request = make_request(segments=[(2, "emulated.math", 0.05, 1), (1, "", 0, 0)])
+    events = await scheduler.events(await scheduler.submit(request))
+    wall = events[-1].finished.timings.tool_seconds
+    assert wall >= 0.05
+    store = open_store(redis_server, prefix=prefix)
+    try:
+        learned = (await store.tool_stats())["emulated.math"]
+    finally:
+        await store.close()
+    assert learned.count == 1
+    assert learned.mean_seconds == pytest.approx(wall * 10.0, rel=0.05)
+
+
+async def test_a_call_moved_to_another_strategy_tells_the_client(
+    start_scheduler: StartScheduler,
+) -> None:
+    # InferCept preserves at the intercept, then moves a call that runs past the point where
+    # swapping wastes less to Swap: the client's log says so.
+    scheduler = await start_scheduler(policy="infercept")
+    await scheduler.worker()
+    request = make_request(segments=[(4, "emulated.chatbot", 0.5, 6), (2, "", 0.0, 0)])
+    events = await scheduler.events(await scheduler.submit(request))
+    in_tool = [
+        e.state_changed.strategy
+        for e in events
+        if e.HasField("state_changed") and e.state_changed.state == IN_TOOL
+    ]
+    assert in_tool[0] == cpb.STRATEGY_PRESERVE
+    assert in_tool[-1] == cpb.STRATEGY_SWAP
+    record = await scheduler.record(events[0].request_id)
+    assert record.strategy == cpb.STRATEGY_SWAP

@@ -1,9 +1,14 @@
-"""`lamps`: run a service, and (as they land) the local system, the client and the benchmarks.
+"""`lamps`: run a service, the whole system on one machine, the client and the benchmarks.
 
 lamps scheduler serve --port 50051
 lamps worker serve
 lamps predictor serve
 lamps tool-runner serve
+lamps up --workers 2 --time-scale 10
+lamps generate "What is 2+3?"
+lamps status
+lamps bench --trace lamps_single_api --rates 4 --compare-simulator
+lamps simulate --trace lamps_single_api --rates 3,4,5
 lamps predictor train --trace fireact --backbone PATH --json report.json
 """
 
@@ -79,21 +84,36 @@ ACTIONS = {
     ),
 }
 
-# Commands announced in --help whose implementation has not landed in this release.
-PLANNED = {
-    "up": "start the whole system on this machine",
-    "generate": "stream a generation from a running system",
-    "status": "show workers, KV usage and the queue",
-    "bench": "replay a trace against a running system",
-}
-
-
 TOOLS = (
+    Command(
+        "up",
+        "start the whole system on this machine",
+        "lamps.cli.up:add_arguments",
+        "lamps.cli.up:run",
+    ),
     Command(
         "simulate",
         "compare policies on a trace in virtual time",
         "lamps.simulator.cli:add_arguments",
         "lamps.simulator.cli:run",
+    ),
+    Command(
+        "generate",
+        "stream a generation from a running system",
+        "lamps.cli.generate:add_arguments",
+        "lamps.cli.generate:run",
+    ),
+    Command(
+        "status",
+        "show workers, KV usage and the queue",
+        "lamps.cli.status:add_arguments",
+        "lamps.cli.status:run",
+    ),
+    Command(
+        "bench",
+        "replay a trace against a running system and measure it",
+        "lamps.bench.cli:add_arguments",
+        "lamps.bench.cli:run",
     ),
     Command(
         "models",
@@ -107,14 +127,6 @@ TOOLS = (
 def _load(ref: str) -> Any:
     module, _, attr = ref.partition(":")
     return getattr(importlib.import_module(module), attr)
-
-
-def _not_yet(name: str) -> Callable[[argparse.Namespace], int]:
-    def run(_: argparse.Namespace) -> int:
-        print(f"lamps {name}: not available in this release yet", file=sys.stderr)
-        return 2
-
-    return run
 
 
 def _serve(command: ServiceCommand) -> Callable[[argparse.Namespace], int]:
@@ -154,9 +166,6 @@ def build_parser() -> argparse.ArgumentParser:
         command_parser = commands.add_parser(tool.name, help=tool.help, description=tool.help)
         _load(tool.add_arguments)(command_parser)
         command_parser.set_defaults(run=_load(tool.run))
-    for name, text in PLANNED.items():
-        planned = commands.add_parser(name, help=f"{text} [not yet available]")
-        planned.set_defaults(run=_not_yet(name))
     return parser
 
 

@@ -11,11 +11,12 @@ import sys
 import time
 from pathlib import Path
 
+from lamps.cli.progress import progress_bar
 from lamps.model.cost import PROFILES, get_profile
 from lamps.model.workload import BUNDLED_TRACES, TraceError, load_trace
 from lamps.scheduler.policy import DEFAULT_STARVATION_THRESHOLD, POLICIES
 from lamps.simulator.report import plot_against_rate, tables_by_rate, write_json
-from lamps.simulator.runner import Progress, Scenario, simulate_grid
+from lamps.simulator.runner import Scenario, simulate_grid
 from lamps.simulator.simulator import Fit, Placement
 
 DEFAULT_POLICIES = "fcfs,infercept,sjf,lamps,lamps-plus,oracle-lamps"
@@ -78,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"lamps simulate: {error}", file=sys.stderr)
         return 2
     started = time.perf_counter()
-    results = simulate_grid(scenario, policies, rates, progress=_progress_bar())
+    results = simulate_grid(scenario, policies, rates, progress=progress_bar())
     print(
         f"{scenario.trace.name} on {scenario.workers} x {scenario.cost.name} "
         f"({scenario.cost.kv_capacity_tokens} KV tokens), {scenario.duration_s:g} s of arrivals, "
@@ -149,17 +150,3 @@ def _scenario(args: argparse.Namespace) -> tuple[Scenario, list[str], list[float
         starvation_threshold=args.starvation_threshold,
     )
     return scenario, policies, rates
-
-
-def _progress_bar(width: int = 30) -> Progress:
-    tty = sys.stderr.isatty()
-
-    def show(label: str, fraction: float) -> None:
-        filled = int(width * fraction)
-        bar = "#" * filled + "." * (width - filled)
-        end = "" if tty and fraction < 1.0 else "\n"
-        prefix = "\r" if tty else ""
-        sys.stderr.write(f"{prefix}[{bar}] {fraction:4.0%} {label:<32}{end}")
-        sys.stderr.flush()
-
-    return show

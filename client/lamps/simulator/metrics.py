@@ -5,6 +5,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import TypedDict
 
 from lamps.model.cost import CostModel
 from lamps.simulator.simulator import Job, RunStats
@@ -12,7 +13,8 @@ from lamps.simulator.simulator import Job, RunStats
 
 @dataclass(frozen=True, slots=True)
 class RunResult:
-    """One policy at one rate. Latencies in seconds; `serving` latency has tool time taken out."""
+    """One policy at one rate. Latencies in seconds (of the engines' time when sped up); `serving`
+    latency has tool time taken out."""
 
     policy: str
     rate: float
@@ -28,12 +30,17 @@ class RunResult:
     p99_ttft_s: float
     throughput_rps: float
     makespan_s: float
-    idle_held_gb: float
-    recompute_share: float
-    preemptions: int
-    starved: int
+    # What only the simulator observes (KV held idle, preemptions, the starved lane) is None in
+    # rows measured on a live system.
+    idle_held_gb: float | None
+    recompute_share: float | None
+    preemptions: int | None
+    starved: int | None
     wall_s: float
+    # "simulated" (lamps simulate) or "live" (lamps bench against a running system).
     source: str = "simulated"
+    # Requests that ended in an error (live: refused, failed, or not finished in time).
+    failed: int = 0
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
@@ -72,13 +79,7 @@ def summarize(
         requests=len(jobs),
         finished=len(done),
         rejected=len(jobs) - len(done),
-        mean_latency_s=_mean(latency),
-        p50_latency_s=percentile(latency, 0.5),
-        p99_latency_s=percentile(latency, 0.99),
-        mean_serving_latency_s=_mean(serving),
-        p99_serving_latency_s=percentile(serving, 0.99),
-        mean_ttft_s=_mean(ttft),
-        p99_ttft_s=percentile(ttft, 0.99),
+        **latency_columns(latency, serving, ttft),
         throughput_rps=len(done) / span,
         makespan_s=stats.end_s,
         idle_held_gb=cost.kv_bytes(stats.held_token_seconds / span) / 1e9,
@@ -86,6 +87,32 @@ def summarize(
         preemptions=stats.preemptions,
         starved=stats.starved,
         wall_s=wall_s,
+    )
+
+
+class LatencyColumns(TypedDict):
+    mean_latency_s: float
+    p50_latency_s: float
+    p99_latency_s: float
+    mean_serving_latency_s: float
+    p99_serving_latency_s: float
+    mean_ttft_s: float
+    p99_ttft_s: float
+
+
+def latency_columns(
+    latency: Sequence[float], serving: Sequence[float], ttft: Sequence[float]
+) -> LatencyColumns:
+    """The mean and percentile columns of a result, from per-request seconds (simulated or
+    live alike)."""
+    return LatencyColumns(
+        mean_latency_s=_mean(latency),
+        p50_latency_s=percentile(latency, 0.5),
+        p99_latency_s=percentile(latency, 0.99),
+        mean_serving_latency_s=_mean(serving),
+        p99_serving_latency_s=percentile(serving, 0.99),
+        mean_ttft_s=_mean(ttft),
+        p99_ttft_s=percentile(ttft, 0.99),
     )
 
 

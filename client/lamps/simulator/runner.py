@@ -4,17 +4,16 @@ benchmark reports and `lamps bench --compare-simulator`."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+from lamps.cli.progress import Progress
 from lamps.model.cost import CostModel
 from lamps.model.workload import Trace, poisson_arrivals
 from lamps.scheduler.policy import DEFAULT_STARVATION_THRESHOLD, create_policy
 from lamps.simulator.metrics import RunResult, summarize
 from lamps.simulator.predictors import PaperPredictor
 from lamps.simulator.simulator import Fit, Placement, Simulator
-
-Progress = Callable[[str, float], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +34,13 @@ class Scenario:
 
 def simulate(scenario: Scenario, policy_name: str, rate: float) -> RunResult:
     """One policy at one rate; the arrivals depend only on the seed, so policies see the same."""
+    return simulate_latencies(scenario, policy_name, rate)[0]
+
+
+def simulate_latencies(
+    scenario: Scenario, policy_name: str, rate: float
+) -> tuple[RunResult, list[float]]:
+    """`simulate`, and the end-to-end latency of every finished request (for CDF plots)."""
     cost = scenario.cost
     policy = create_policy(policy_name, cost, scenario.starvation_threshold)
     arrivals = poisson_arrivals(scenario.trace, rate, scenario.duration_s, scenario.seed)
@@ -50,7 +56,12 @@ def simulate(scenario: Scenario, policy_name: str, rate: float) -> RunResult:
     started = time.perf_counter()
     jobs = simulator.run(arrivals)
     wall = time.perf_counter() - started
-    return summarize(policy_name, rate, jobs, simulator.stats, cost, wall)
+    latencies = [
+        job.finish_s - job.arrival.time_s
+        for job in jobs
+        if not job.rejected and job.finish_s is not None
+    ]
+    return summarize(policy_name, rate, jobs, simulator.stats, cost, wall), latencies
 
 
 def simulate_grid(

@@ -371,7 +371,7 @@ async def test_without_a_script_the_synthetic_model_calls_emulated_tools() -> No
     harness = await started(SimEngine(cost(), time_scale=FAST, seed=7))
     engine = harness.engine
     try:
-        await engine.admit(AdmitSpec("free", 4000, prompt=PROMPT, sampling=Sampling(seed=3)))
+        await engine.admit(AdmitSpec("free", 4000, prompt=PROMPT, sampling=Sampling(seed=4)))
         called = await harness.until("free", ToolCalled)
         assert isinstance(called, ToolCalled)
         assert called.name.startswith("emulated.")

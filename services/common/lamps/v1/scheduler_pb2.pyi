@@ -507,6 +507,7 @@ class ClusterStatusResponse(_message.Message):
     RUNNING_FIELD_NUMBER: _builtins.int
     IN_TOOL_FIELD_NUMBER: _builtins.int
     WORKERS_FIELD_NUMBER: _builtins.int
+    TIME_SCALE_FIELD_NUMBER: _builtins.int
     policy: _builtins.str
     """The scheduling policy in force."""
     leader_id: _builtins.str
@@ -519,6 +520,11 @@ class ClusterStatusResponse(_message.Message):
     """Requests generating on workers."""
     in_tool: _builtins.int
     """Requests paused in tool calls."""
+    time_scale: _builtins.float
+    """Engine seconds per wall second (the scheduler's --time-scale): 1 in production; above 1 when
+    sim workers replay a benchmark faster than real time. Timings are wall-clock; multiply by
+    this to compare them with the simulator's.
+    """
     @_builtins.property
     def workers(self) -> _containers.RepeatedCompositeFieldContainer[Global___WorkerStatus]:
         """The connected workers."""
@@ -533,10 +539,11 @@ class ClusterStatusResponse(_message.Message):
         running: _builtins.int = ...,
         in_tool: _builtins.int = ...,
         workers: _abc.Iterable[Global___WorkerStatus] | None = ...,
+        time_scale: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["in_tool", b"in_tool", "leader_id", b"leader_id", "policy", b"policy", "queued", b"queued", "running", b"running", "starved", b"starved", "workers", b"workers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["in_tool", b"in_tool", "leader_id", b"leader_id", "policy", b"policy", "queued", b"queued", "running", b"running", "starved", b"starved", "time_scale", b"time_scale", "workers", b"workers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

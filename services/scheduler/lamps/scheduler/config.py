@@ -81,6 +81,18 @@ class SchedulerConfig(ServerConfig):
         "how often workers report when nothing else forces a report: token deltas reach clients "
         "this often; starts, tool calls and ends are reported at once",
     )
+    time_scale: float = option(
+        1.0,
+        "how many times faster than real time the workers' engines run (the sim engine's "
+        "--time-scale): tool durations and waits are converted to the engines' time with it, "
+        "so policies compare like with like in a sped-up benchmark",
+    )
+    replay_predictions: str = option(
+        "binned",
+        "how replayed requests (benchmarks) are predicted: binned (the length bin of the replay's "
+        "own segment and its call's type, as the paper's experiments and `lamps simulate` do) or "
+        "predictor (ask the predictor service, as for every other request)",
+    )
     max_prompt_chars: int = option(200_000, "longest prompt text accepted, in characters")
     max_prompt_tokens: int = option(131_072, "longest prompt accepted, in tokens")
     max_tokens_limit: int = option(
@@ -99,6 +111,10 @@ class SchedulerConfig(ServerConfig):
         if self.cost_profile not in PROFILES:
             known = ", ".join(sorted(PROFILES))
             raise ConfigError(f"--cost-profile={self.cost_profile!r} is unknown; known: {known}")
+        if self.replay_predictions not in {"binned", "predictor"}:
+            raise ConfigError(
+                f"--replay-predictions={self.replay_predictions!r} must be binned or predictor"
+            )
         if self.starvation_threshold < 1:
             raise ConfigError("--starvation-threshold must be at least 1")
         positive = (
@@ -108,6 +124,7 @@ class SchedulerConfig(ServerConfig):
             "worker_lease_seconds",
             "report_interval_seconds",
             "retention_seconds",
+            "time_scale",
         )
         for name in positive:
             value = getattr(self, name)

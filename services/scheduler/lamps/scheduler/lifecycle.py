@@ -50,10 +50,17 @@ from lamps.scheduler.policy import (
     EngineView,
     Policy,
     RankedQueue,
+    RequestEstimate,
     RequestView,
 )
 from lamps.scheduler.queue import Commit, NotLeaderError, Store, StoreError
-from lamps.scheduler.ranking import estimate, replay_truth
+from lamps.scheduler.ranking import (
+    ReplayPredictions,
+    binned_estimate,
+    binned_prediction,
+    estimate,
+    replay_truth,
+)
 from lamps.scheduler.recovery import rebuild
 from lamps.scheduler.reports import ReportHandler
 from lamps.scheduler.validation import (
@@ -87,6 +94,9 @@ class Settings:
     limits: Limits
     worker_lease_s: float
     report_interval_s: float
+    # Engine seconds per wall second (DESIGN.md section 10: sped-up benchmarks).
+    time_scale: float = 1.0
+    replay_predictions: ReplayPredictions = ReplayPredictions.BINNED
 
 
 class Scheduler(ReportHandler):
@@ -143,6 +153,10 @@ class Scheduler(ReportHandler):
     @property
     def worker_lease_s(self) -> float:
         return self.settings.worker_lease_s
+
+    @property
+    def time_scale(self) -> float:
+        return self.settings.time_scale
 
     # Leadership --------------------------------------------------------------------------------
 
@@ -311,12 +325,16 @@ class Scheduler(ReportHandler):
             batch, self._intake = self._intake, []
             if not batch:
                 continue
+            binned = [job for job in batch if self._binned(job)]
+            for job in binned:
+                job.prediction = binned_prediction(job.request, self.predictor.stats)
+            asked = [job for job in batch if not self._binned(job)]
             inputs = [
                 PredictionInput(job.request_id, job.request.prompt, tuple(job.request.tools))
-                for job in batch
+                for job in asked
             ]
-            predictions = await self.predictor.predict(inputs)
-            for job, prediction in zip(batch, predictions, strict=True):
+            predictions = await self.predictor.predict(inputs) if inputs else []
+            for job, prediction in zip(asked, predictions, strict=True):
                 job.prediction = prediction
             self._predicted.extend(batch)
             self._wake.set()
@@ -352,13 +370,24 @@ class Scheduler(ReportHandler):
     def _plan(self, job: Job, now: float) -> None:
         truth = replay_truth(job) if self.policy.needs_truth else None
         view = RequestView(
-            arrival_s=job.created_at, enqueued_s=now, estimate=estimate(job), truth=truth
+            arrival_s=job.created_at, enqueued_s=now, estimate=self._estimate(job), truth=truth
         )
         plan = self.policy.plan(view, self._engine_view())
         # A sorted-set score must be a finite number: an estimate gone wrong (a huge or NaN
         # prediction) ranks last instead of failing every commit that carries it.
         rank = plan.rank if math.isfinite(plan.rank) else MAX_RANK
         job.rank, job.strategy = min(max(rank, -MAX_RANK), MAX_RANK), plan.strategy
+
+    def _binned(self, job: Job) -> bool:
+        return (
+            self.settings.replay_predictions is ReplayPredictions.BINNED
+            and job.request.HasField("replay")
+        )
+
+    def _estimate(self, job: Job) -> RequestEstimate:
+        if self._binned(job):
+            return binned_estimate(job, self.predictor.stats)
+        return estimate(job)
 
     def _engine_view(self) -> EngineView:
         worker = roomiest(self.workers.values())
@@ -683,6 +712,7 @@ class Scheduler(ReportHandler):
             running=sum(1 for job in self.jobs.values() if job.state == RUNNING),
             in_tool=sum(1 for job in self.jobs.values() if job.state == IN_TOOL),
             workers=[w.status() for w in self.workers.values() if w.outbox is not None],
+            time_scale=self.time_scale,
         )
 
     # Timers and leases -------------------------------------------------------------------------

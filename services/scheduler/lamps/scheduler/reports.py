@@ -73,6 +73,10 @@ class ReportHandler(ABC):
     @abstractmethod
     def worker_lease_s(self) -> float: ...
 
+    @property
+    @abstractmethod
+    def time_scale(self) -> float: ...
+
     @abstractmethod
     def require_leader(self) -> None: ...
 
@@ -453,7 +457,9 @@ class ReportHandler(ABC):
     def _schedule_revisit(self, job: Job, delay_s: float) -> None:
         self._cancel_timer(job.request_id)
         loop = asyncio.get_running_loop()
-        self._timers[job.request_id] = loop.call_later(delay_s, self._revisit, job.request_id)
+        self._timers[job.request_id] = loop.call_later(
+            delay_s / self.time_scale, self._revisit, job.request_id
+        )
 
     def _revisit(self, request_id: str) -> None:
         self._timers.pop(request_id, None)
@@ -463,7 +469,7 @@ class ReportHandler(ABC):
         worker = self.workers.get(job.worker_id)
         if worker is None or job.strategy is not Strategy.PRESERVE:
             return
-        elapsed = time.time() - job.call.started_at
+        elapsed = (time.time() - job.call.started_at) * self.time_scale
         view = self._call_view(job, job.context_tokens, elapsed)
         decision = self.policy.revisit(view, Strategy.PRESERVE, worker.view(self.cost))
         strategy = worker.allowed(decision.strategy)
@@ -473,6 +479,13 @@ class ReportHandler(ABC):
                 pb.ConnectResponse(
                     pause=pb.Pause(request_id=request_id, strategy=STRATEGY_TO_PB[strategy])
                 )
+            )
+            # Clients learn the call's new strategy as they learned the first one.
+            job.add_event(
+                time.time(),
+                state_changed=cpb.StateChanged(
+                    state=IN_TOOL, worker_id=worker.worker_id, strategy=STRATEGY_TO_PB[strategy]
+                ),
             )
             self._touch(job)
         elif decision.revisit_after_s is not None:
@@ -512,8 +525,10 @@ class ReportHandler(ABC):
         self._cancel_timer(request_id)
         duration = max(now - job.call.started_at, 0.0)
         job.tool_s += duration
-        self._commit.tool_durations.append((job.call.name, duration))
-        job.outcomes.append(Outcome(job.call.name, duration, job.call.pre_call_tokens))
+        # Durations are learned in the engines' time, the unit predictions and policies use.
+        engine_duration = duration * self.time_scale
+        self._commit.tool_durations.append((job.call.name, engine_duration))
+        job.outcomes.append(Outcome(job.call.name, engine_duration, job.call.pre_call_tokens))
         job.last_call_id = call_id
         result.call_id = call_id
         if job.request.HasField("replay"):

