@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import urllib.request
+import uuid
 from typing import Any
 
 import grpc
@@ -11,6 +13,9 @@ import pytest
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from lamps.common.server import Server, ServerStartError
+from lamps.scheduler.config import SchedulerConfig
+from lamps.scheduler.server import SchedulerApp, services
 from lamps.v1 import common_pb2 as cpb
 from lamps.v1 import scheduler_pb2 as pb
 from tests.scheduler.conftest import RunningScheduler, StartScheduler, make_request
@@ -295,3 +300,25 @@ async def test_a_standby_refuses_with_the_leaders_id(start_scheduler: StartSched
     status = await standby.stub.ClusterStatus(pb.ClusterStatusRequest())
     assert status.leader_id == "one"
     assert (await leader.stub.ClusterStatus(pb.ClusterStatusRequest())).leader_id == "one"
+
+
+async def test_a_scheduler_that_cannot_bind_its_port_gives_up_instead_of_hanging(
+    redis_server: str,
+) -> None:
+    # It has led (on a real Redis) before the bind fails: stopping its election must still end.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        config = SchedulerConfig(
+            host="127.0.0.1",
+            port=taken.getsockname()[1],
+            metrics_host="127.0.0.1",
+            metrics_port=0,
+            redis_url=redis_server,
+            redis_prefix=f"bind-{uuid.uuid4().hex[:8]}",
+        )
+        app = SchedulerApp(config)
+        server = Server(config, services(app), lifespan=app.running, on_drain=app.drain)
+        app.attach(server)
+        with pytest.raises(ServerStartError, match="cannot listen"):
+            await asyncio.wait_for(server.start(), timeout=60)

@@ -172,9 +172,14 @@ def _start_error(message: str) -> Exception:
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    # A cancellation that lands inside a Redis command can be swallowed by the client library,
+    # leaving the task running on (a scheduler that could not bind its port then never exited):
+    # ask again until the task has ended.
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=0.5)
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("the leader election ended with an error", exc_info=task.exception())
 
 
 def _restart_as_standby() -> None:
