@@ -24,24 +24,11 @@ from lamps.v1 import scheduler_pb2 as pb
 from lamps.v1 import scheduler_pb2_grpc as pb_grpc
 from tests.support.lamps_up import LampsUp, alive, lamps_up
 from tests.support.redis import running_redis
+from tests.support.replay import replay
 
 TOKEN = "up-test-token"
 TIMEOUT_S = 60.0
 SCRIPT = ((20, "emulated.math", 1.0, 5), (30, "emulated.qa", 2.0, 12), (15, "", 0.0, 0))
-
-
-def replay(*segments: tuple[int, str, float, int]) -> cpb.Replay:
-    return cpb.Replay(
-        segments=[
-            cpb.ReplaySegment(
-                output_tokens=tokens,
-                tool=tool,
-                tool_duration_seconds=duration,
-                tool_output_tokens=returned,
-            )
-            for tokens, tool, duration, returned in segments
-        ]
-    )
 
 
 class Client:

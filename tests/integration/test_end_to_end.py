@@ -22,24 +22,11 @@ from lamps.v1 import common_pb2 as cpb
 from lamps.v1 import scheduler_pb2 as pb
 from lamps.v1 import scheduler_pb2_grpc as pb_grpc
 from tests.support.processes import ServiceProcess, StartService, lamps_command, loopback_serve_args
+from tests.support.replay import replay
 
 CLUSTER_TOKEN = "cluster-secret"
 CLIENT_TOKEN = "client-secret"
 TIMEOUT_S = 120.0
-
-
-def replay(*segments: tuple[int, str, float, int]) -> cpb.Replay:
-    return cpb.Replay(
-        segments=[
-            cpb.ReplaySegment(
-                output_tokens=tokens,
-                tool=tool,
-                tool_duration_seconds=duration,
-                tool_output_tokens=returned,
-            )
-            for tokens, tool, duration, returned in segments
-        ]
-    )
 
 
 def start_system(
