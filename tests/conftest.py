@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
 from tests.support.processes import (
-    REPO_ROOT,
     ServiceProcess,
     StartService,
     lamps_command,
     loopback_serve_args,
+    spawn_service,
 )
 from tests.support.redis import RedisProcess, running_redis
 
@@ -27,14 +25,7 @@ def start_process(tmp_path: Path) -> Iterator[StartService]:
     def start(
         argv: Sequence[str], env: dict[str, str] | None = None, wait: bool = True
     ) -> ServiceProcess:
-        log_path = tmp_path / f"process-{len(started)}.log"
-        child_env = {k: v for k, v in os.environ.items() if not k.startswith("LAMPS_")}
-        child_env.update(env or {})
-        with log_path.open("wb") as log_file:
-            proc = subprocess.Popen(
-                list(argv), stdout=log_file, stderr=subprocess.STDOUT, env=child_env, cwd=REPO_ROOT
-            )
-        service = ServiceProcess(proc=proc, log_path=log_path)
+        service = spawn_service(argv, tmp_path / f"process-{len(started)}.log", env)
         started.append(service)
         if wait:
             service.wait_ready()

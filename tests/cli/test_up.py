@@ -16,49 +16,18 @@ from pathlib import Path
 import grpc
 import pytest
 import redis
-from grpc import aio
 
 from lamps.cli.main import main
 from lamps.v1 import common_pb2 as cpb
 from lamps.v1 import scheduler_pb2 as pb
-from lamps.v1 import scheduler_pb2_grpc as pb_grpc
 from tests.support.lamps_up import LampsUp, alive, lamps_up
+from tests.support.raw_client import RawClient
 from tests.support.redis import running_redis
 from tests.support.replay import replay
 
 TOKEN = "up-test-token"
 TIMEOUT_S = 60.0
 SCRIPT = ((20, "emulated.math", 1.0, 5), (30, "emulated.qa", 2.0, 12), (15, "", 0.0, 0))
-
-
-class Client:
-    """Raw lamps.v1 stubs against a running system."""
-
-    def __init__(self, target: str, token: str | None = None) -> None:
-        self.channel = aio.insecure_channel(target)
-        self.stub = pb_grpc.SchedulerServiceStub(self.channel)
-        self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
-
-    async def __aenter__(self) -> Client:
-        return self
-
-    async def __aexit__(self, *_: object) -> None:
-        await self.channel.close(None)
-
-    async def generate(self, request: pb.GenerateRequest) -> list[cpb.RequestEvent]:
-        call = self.stub.Generate(request, metadata=self.metadata, timeout=TIMEOUT_S)
-        return [response.event async for response in call]
-
-    async def submit(self, request: pb.GenerateRequest) -> str:
-        response = await self.stub.Submit(
-            pb.SubmitRequest(request=request), metadata=self.metadata, timeout=10
-        )
-        return str(response.request_id)
-
-    async def status(self) -> pb.ClusterStatusResponse:
-        return await self.stub.ClusterStatus(
-            pb.ClusterStatusRequest(), metadata=self.metadata, timeout=10
-        )
 
 
 def finished(events: Sequence[cpb.RequestEvent]) -> cpb.Finished:
@@ -98,7 +67,7 @@ def test_up_prints_where_it_serves_and_writes_endpoints(system: LampsUp) -> None
 
 
 async def test_cluster_status_lists_every_worker_ready(system: LampsUp) -> None:
-    async with Client(system.target, TOKEN) as client:
+    async with RawClient(system.target, TOKEN) as client:
         status = await client.status()
     assert status.policy == "lamps"
     assert sorted(w.worker_id for w in status.workers) == ["worker-0", "worker-1"]
@@ -106,14 +75,14 @@ async def test_cluster_status_lists_every_worker_ready(system: LampsUp) -> None:
 
 
 async def test_clients_without_the_token_are_refused(system: LampsUp) -> None:
-    async with Client(system.target) as client:
+    async with RawClient(system.target) as client:
         with pytest.raises(grpc.RpcError) as refused:
             await client.status()
     assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
 async def test_a_request_with_tool_calls_completes(system: LampsUp) -> None:
-    async with Client(system.target, TOKEN) as client:
+    async with RawClient(system.target, TOKEN) as client:
         events = await client.generate(pb.GenerateRequest(prompt="2+3?", replay=replay(*SCRIPT)))
     end = finished(events)
     assert end.state == cpb.REQUEST_STATE_FINISHED, end
@@ -124,7 +93,7 @@ async def test_a_request_with_tool_calls_completes(system: LampsUp) -> None:
 
 async def test_a_killed_worker_is_restarted_and_its_request_completes(system: LampsUp) -> None:
     script = replay((40, "emulated.qa", 20.0, 4), (40, "", 0, 0))
-    async with Client(system.target, TOKEN) as client:
+    async with RawClient(system.target, TOKEN) as client:
         request_id = await client.submit(pb.GenerateRequest(prompt="long", replay=script))
         events, killed = [], ""
         call = client.stub.Watch(
@@ -169,7 +138,7 @@ async def test_an_external_redis_is_used_and_sigint_stops_everything(tmp_path: P
         assert endpoints["redis"] == "external"
         assert "redis" not in endpoints["parts"]
         assert "starting redis" not in system.stderr
-        async with Client(system.target) as client:
+        async with RawClient(system.target) as client:
             events = await client.generate(
                 pb.GenerateRequest(
                     prompt="hi", replay=replay((5, "emulated.math", 1.0, 2), (5, "", 0, 0))
@@ -215,7 +184,7 @@ async def test_a_vllm_worker_serves_a_request(tmp_path: Path, tiny_llama_dir: Pa
     vllm_args = ("--engine", "vllm", "--model", str(tiny_llama_dir), "--dtype", "float32")
     sizes = ("--max-model-len", "512", "--kv-cache-bytes", str(4 << 20), "--block-size", "32")
     with lamps_up(tmp_path, "--port", "0", *vllm_args, *sizes, "--ready-timeout", "180") as system:
-        async with Client(system.target) as client:
+        async with RawClient(system.target) as client:
             (worker,) = (await client.status()).workers
             assert worker.engine == "vllm"
             events = await client.generate(

@@ -15,13 +15,12 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
-from grpc import aio
 
 from lamps.scheduler.embedded import free_port
 from lamps.v1 import common_pb2 as cpb
 from lamps.v1 import scheduler_pb2 as pb
-from lamps.v1 import scheduler_pb2_grpc as pb_grpc
 from tests.support.processes import ServiceProcess, StartService, lamps_command, loopback_serve_args
+from tests.support.raw_client import RawClient
 from tests.support.replay import replay
 
 CLUSTER_TOKEN = "cluster-secret"
@@ -97,45 +96,6 @@ def _workers_stop_first(start_process: StartService) -> Iterator[None]:
         assert _WORKERS.pop().terminate() == 0
 
 
-class Client:
-    def __init__(self, target: str) -> None:
-        self.channel = aio.insecure_channel(target)
-        self.stub = pb_grpc.SchedulerServiceStub(self.channel)
-        self.metadata = (("authorization", f"Bearer {CLIENT_TOKEN}"),)
-
-    async def close(self) -> None:
-        await self.channel.close(None)
-
-    async def generate(self, request: pb.GenerateRequest) -> list[cpb.RequestEvent]:
-        call = self.stub.Generate(request, metadata=self.metadata, timeout=TIMEOUT_S)
-        return [response.event async for response in call]
-
-    async def submit(self, request: pb.GenerateRequest) -> str:
-        response = await self.stub.Submit(
-            pb.SubmitRequest(request=request), metadata=self.metadata, timeout=10
-        )
-        return response.request_id
-
-    async def watch(self, request_id: str) -> list[cpb.RequestEvent]:
-        call = self.stub.Watch(
-            pb.WatchRequest(request_id=request_id), metadata=self.metadata, timeout=TIMEOUT_S
-        )
-        return [response.event async for response in call]
-
-    async def status(self) -> pb.ClusterStatusResponse:
-        return await self.stub.ClusterStatus(
-            pb.ClusterStatusRequest(), metadata=self.metadata, timeout=10
-        )
-
-    async def wait_for_workers(self, count: int) -> pb.ClusterStatusResponse:
-        for _ in range(600):
-            status = await self.status()
-            if len(status.workers) >= count:
-                return status
-            await asyncio.sleep(0.05)
-        raise AssertionError(f"{count} workers never registered: {status}")
-
-
 def kinds(events: Sequence[cpb.RequestEvent]) -> list[str]:
     return [str(e.WhichOneof("kind")) for e in events]
 
@@ -165,7 +125,7 @@ async def test_requests_with_tool_calls_finish_through_real_workers(
             "--kv-cache-bytes",
             "300000000",
         )
-    client = Client(scheduler.target)
+    client = RawClient(scheduler.target, CLIENT_TOKEN)
     try:
         status = await client.wait_for_workers(2)
         assert {w.worker_id for w in status.workers} == {"w1", "w2"}
@@ -212,7 +172,7 @@ async def test_a_request_cancelled_in_its_tool_call_ends_cancelled(
 ) -> None:
     scheduler, _ = start_system(start_process, redis_server)
     start_worker(start_process, scheduler, "w1", "--time-scale", "20")
-    client = Client(scheduler.target)
+    client = RawClient(scheduler.target, CLIENT_TOKEN)
     try:
         await client.wait_for_workers(1)
         # A 200 s tool call (10 s with the tool runner's time scale): cancelled while it runs.
@@ -261,7 +221,7 @@ async def test_a_worker_drained_by_sigterm_loses_no_request(
     leaving = start_worker(
         start_process, scheduler, "leaving", "--time-scale", "5", "--drain-seconds", "0"
     )
-    client = Client(scheduler.target)
+    client = RawClient(scheduler.target, CLIENT_TOKEN)
     try:
         await client.wait_for_workers(1)
         script = replay((40, "emulated.math", 4.0, 3), (40, "", 0.0, 0))
@@ -298,7 +258,7 @@ async def test_workers_reconnect_to_a_restarted_scheduler_and_nothing_is_lost(
     scheduler = start_scheduler(start_process, redis_server, prefix, tool_runner, port=port)
     for worker_id in ("w1", "w2"):
         start_worker(start_process, scheduler, worker_id, "--time-scale", "10")
-    client = Client(scheduler.target)
+    client = RawClient(scheduler.target, CLIENT_TOKEN)
     try:
         await client.wait_for_workers(2)
         script = replay((30, "emulated.qa", 4.0, 6), (30, "emulated.math", 2.0, 3), (20, "", 0, 0))
@@ -352,7 +312,7 @@ async def test_the_vllm_engine_serves_through_the_scheduler(
         wait=False,
     )
     worker.wait_ready(timeout=180)
-    client = Client(scheduler.target)
+    client = RawClient(scheduler.target, CLIENT_TOKEN)
     try:
         status = await client.wait_for_workers(1)
         (registered,) = status.workers

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -72,6 +73,20 @@ class ServiceProcess:
                     "service ignored SIGTERM:\n" + self.log_path.read_text()
                 ) from exc
         return self.proc.returncode
+
+
+def spawn_service(
+    argv: Sequence[str], log_path: Path, env: dict[str, str] | None = None
+) -> ServiceProcess:
+    """Start a command from the repository root, its output in `log_path`, with this process's
+    environment less its `LAMPS_*` variables (a test says what each service gets) plus `env`."""
+    child_env = {k: v for k, v in os.environ.items() if not k.startswith("LAMPS_")}
+    child_env.update(env or {})
+    with log_path.open("wb") as log_file:
+        proc = subprocess.Popen(
+            list(argv), stdout=log_file, stderr=subprocess.STDOUT, env=child_env, cwd=REPO_ROOT
+        )
+    return ServiceProcess(proc=proc, log_path=log_path)
 
 
 class StartService(Protocol):

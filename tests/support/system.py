@@ -7,8 +7,6 @@ killed and started again on the same port with nothing lost (`restart_scheduler`
 
 from __future__ import annotations
 
-import os
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -19,7 +17,12 @@ from pathlib import Path
 from lamps.client import TLS, Client
 from lamps.scheduler.embedded import free_port
 from tests.support.certs import CertPair
-from tests.support.processes import REPO_ROOT, ServiceProcess, lamps_command, loopback_serve_args
+from tests.support.processes import (
+    ServiceProcess,
+    lamps_command,
+    loopback_serve_args,
+    spawn_service,
+)
 
 CLIENT_TOKEN = "client-secret"
 CLUSTER_TOKEN = "cluster-secret"
@@ -46,14 +49,7 @@ class LocalSystem:
 
     def spawn(self, argv: Sequence[str], env: dict[str, str] | None = None) -> ServiceProcess:
         """Start a process that logs a JSON "serving" record, and wait until it serves."""
-        log_path = self.directory / f"process-{len(self.processes)}.log"
-        child_env = {k: v for k, v in os.environ.items() if not k.startswith("LAMPS_")}
-        child_env.update(env or {})
-        with log_path.open("wb") as log_file:
-            proc = subprocess.Popen(
-                list(argv), stdout=log_file, stderr=subprocess.STDOUT, env=child_env, cwd=REPO_ROOT
-            )
-        service = ServiceProcess(proc=proc, log_path=log_path)
+        service = spawn_service(argv, self.directory / f"process-{len(self.processes)}.log", env)
         self.processes.append(service)
         service.wait_ready()
         return service
