@@ -20,6 +20,17 @@ class UpConfig:
     port: int = option(50051, "the scheduler's gRPC port (clients connect here); 0 picks one")
     metrics_port: int = option(0, "the scheduler's Prometheus port; 0 picks a free one")
     workers: int = option(1, "how many workers to start (ids worker-0 .. worker-N-1)")
+    schedulers: int = option(
+        1,
+        "scheduler replicas on the same Redis (scheduler-0 .. scheduler-N-1): one leads, the "
+        "others stand by and take over within --leader-lease-seconds when it fails; clients "
+        "and workers reach whichever leads",
+    )
+    leader_lease_seconds: float = option(
+        3.0,
+        "the schedulers' leader lease: a standby takes over this long after the leader stops "
+        "renewing it (short: on one machine a missed renewal is rare and failover is quick)",
+    )
     engine: str = option("sim", "the workers' engine: sim (no GPU) or vllm")
     model: str | None = option(
         None,
@@ -74,8 +85,9 @@ class UpConfig:
         for name in ("port", "metrics_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 raise ConfigError(f"{flag_name(name)} is not a port (0-65535)")
-        if self.workers < 1:
-            raise ConfigError("--workers must be at least 1")
+        for name in ("workers", "schedulers"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{flag_name(name)} must be at least 1")
         if self.engine not in ENGINES:
             raise ConfigError(f"--engine={self.engine!r} is not one of {', '.join(ENGINES)}")
         if self.engine == "vllm" and not self.model:
@@ -87,7 +99,7 @@ class UpConfig:
             raise ConfigError(f"--profile={self.profile!r} is unknown; known: {sorted(PROFILES)}")
         if self.policy not in POLICIES:
             raise ConfigError(f"--policy={self.policy!r} is unknown; known: {', '.join(POLICIES)}")
-        for name in ("time_scale", "ready_timeout"):
+        for name in ("time_scale", "ready_timeout", "leader_lease_seconds"):
             value = getattr(self, name)
             if not (value > 0 and math.isfinite(value)):
                 raise ConfigError(f"{flag_name(name)}={value} must be a number above 0")

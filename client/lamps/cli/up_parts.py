@@ -85,11 +85,34 @@ def report_interval_s(time_scale: float) -> float:
     return max(REPORT_INTERVAL_S / time_scale, MIN_REPORT_INTERVAL_S)
 
 
+def scheduler_name(index: int) -> str:
+    return f"scheduler-{index}"
+
+
+def scheduler_address(ports: list[int]) -> str:
+    """What clients and workers dial: one replica's host:port, or gRPC's form for several,
+    with which the channel follows the one whose health says SERVING (the leader)."""
+    if len(ports) == 1:
+        return f"{LOOPBACK}:{ports[0]}"
+    return "ipv4:" + ",".join(f"{LOOPBACK}:{port}" for port in ports)
+
+
 def scheduler_part(
-    config: UpConfig, keys: Secrets, redis_url: str, predictor: str, tool_runner: str
+    config: UpConfig,
+    keys: Secrets,
+    redis_url: str,
+    helpers: tuple[str, str],
+    index: int = 0,
 ) -> Part:
+    """Replica `index` of the scheduler; `helpers` are the predictor's and the tool runner's
+    addresses. --port and --metrics-port go to the first replica, which leads at start."""
+    predictor, tool_runner = helpers
+    ports = (config.port, config.metrics_port) if index == 0 else (0, 0)
     argv = [
-        *_serve("scheduler", config, config.port, config.metrics_port),
+        *_serve("scheduler", config, *ports),
+        # No --replica-id: each process makes up its own, so that a restarted replica cannot
+        # renew the lease its killed predecessor held and comes back as a standby.
+        *("--leader-lease-seconds", f"{config.leader_lease_seconds:g}"),
         *("--policy", config.policy, "--cost-profile", config.profile),
         *("--predictor-address", predictor, "--tool-runner-address", tool_runner),
         *("--time-scale", str(config.time_scale)),
@@ -103,7 +126,11 @@ def scheduler_part(
     )
     if config.token:
         env["LAMPS_AUTH_TOKENS"] = config.token
-    return Part("scheduler", tuple(argv), env, SCHEDULER_STAGE, service_probe)
+    # A killed leader's replacement that started before a standby took the lease over could win
+    # it back; restarted after a lease and a standby's poll (1 s), it finds the standby leading
+    # and stands by itself. A lone scheduler has no standby to wait for.
+    delay = config.leader_lease_seconds + 1.0 if config.schedulers > 1 else 0.0
+    return Part(scheduler_name(index), tuple(argv), env, SCHEDULER_STAGE, service_probe, delay)
 
 
 def worker_id(index: int) -> str:

@@ -14,6 +14,7 @@ from lamps.client.errors import from_rpc_error
 from lamps.client.options import (
     DEFAULT_ADDRESS,
     DEFAULT_RECONNECT,
+    SCHEDULER_SERVICE,
     TLS,
     Connection,
     GenerateOptions,
@@ -28,7 +29,7 @@ from lamps.client.types import (
     RequestRecord,
     Submitted,
 )
-from lamps.common.channel import CHANNEL_OPTIONS
+from lamps.common.channel import channel_options
 from lamps.v1 import scheduler_pb2 as pb
 from lamps.v1 import scheduler_pb2_grpc as pb_grpc
 
@@ -36,7 +37,7 @@ _T = TypeVar("_T")
 
 
 def _open_channel(target: str, tls: TLS | None) -> grpc.Channel:
-    options = list(CHANNEL_OPTIONS)
+    options = channel_options(target, SCHEDULER_SERVICE)
     if tls is None:
         return grpc.insecure_channel(target, options=options)
     if tls.server_name:
