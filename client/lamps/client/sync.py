@@ -37,12 +37,11 @@ _T = TypeVar("_T")
 
 
 def _open_channel(target: str, tls: TLS | None) -> grpc.Channel:
-    options = channel_options(target, SCHEDULER_SERVICE)
-    if tls is None:
+    client_tls = tls.client_tls() if tls is not None else None
+    options = channel_options(target, SCHEDULER_SERVICE, client_tls)
+    if client_tls is None:
         return grpc.insecure_channel(target, options=options)
-    if tls.server_name:
-        options.append(("grpc.ssl_target_name_override", tls.server_name))
-    return grpc.secure_channel(target, tls.client_tls().credentials(), options=options)
+    return grpc.secure_channel(target, client_tls.credentials(), options=options)
 
 
 class Client:

@@ -52,19 +52,33 @@ def target_error(target: str) -> str | None:
     return None
 
 
-def channel_options(target: str, health_service: str | None = None) -> list[tuple[str, Any]]:
+def channel_options(
+    target: str, health_service: str | None = None, tls: ClientTls | None = None
+) -> list[tuple[str, Any]]:
     """CHANNEL_OPTIONS, plus, for a target of several addresses, gRPC's client-side health
     checking on `health_service`: calls go only to a replica that says SERVING for it (the
     leader; standbys say NOT_SERVING), and follow a new leader as soon as it says so."""
     options = list(CHANNEL_OPTIONS)
-    if health_service and several_addresses(target):
+    several = several_addresses(target)
+    if health_service and several:
         config = {
             # pick_first ignores health; round_robin over the healthy ones is "the leader".
             "loadBalancingConfig": [{"round_robin": {}}],
             "healthCheckConfig": {"serviceName": health_service},
         }
         options.append(("grpc.service_config", json.dumps(config)))
+    if tls is not None:
+        # gRPC checks the certificate against the target's authority, which for several
+        # addresses is the whole list: expect the first address's host instead.
+        name = tls.server_name or (_first_host(target) if several else None)
+        if name:
+            options.append(("grpc.ssl_target_name_override", name))
     return options
+
+
+def _first_host(target: str) -> str:
+    first = target.partition(":")[2].split(",")[0]
+    return first.rpartition(":")[0].strip("[]")
 
 
 @dataclass(frozen=True)
@@ -159,9 +173,7 @@ def open_channel(
     several addresses (`ipv4:h1:p1,h2:p2`) reaches the one that serves `health_service`."""
     # The stubs type `interceptors` loosely; any of the four interceptor kinds is accepted.
     interceptors = cast(Any, [kind(token) for kind in _TOKEN_INTERCEPTORS] if token else None)
-    options = channel_options(target, health_service)
+    options = channel_options(target, health_service, tls)
     if tls is None:
         return aio.insecure_channel(target, options=options, interceptors=interceptors)
-    if tls.server_name:
-        options.append(("grpc.ssl_target_name_override", tls.server_name))
     return aio.secure_channel(target, tls.credentials(), options=options, interceptors=interceptors)
