@@ -23,7 +23,9 @@ from lamps.client import (
     ReplaySegment,
     RequestState,
     Tokens,
+    ToolCallFinished,
     ToolCallStarted,
+    ToolErrorCode,
     WorkerState,
 )
 from tests.support.lamps_up import (
@@ -36,12 +38,14 @@ from tests.support.lamps_up import (
 )
 
 TOKEN = "faults-test-token"
-# Engine seconds at 20x: the qa call lasts 3 s of wall time, long enough to land a fault in it.
+# Engine seconds at 20x: the qa call lasts 2 s of wall time, long enough to land a fault in it,
+# and a tool call times out after 60 (3 s of wall time, and a hung tool runner's after 6).
 SCRIPT = [
     ReplaySegment(20, "emulated.math", 1.0, 5),
-    ReplaySegment(30, "emulated.qa", 60.0, 12),
+    ReplaySegment(30, "emulated.qa", 40.0, 12),
     ReplaySegment(15),
 ]
+TOOL_TIMEOUT = "60"
 TOKENS = 65
 REQUESTS = 6
 POLL_S = 0.1
@@ -52,7 +56,9 @@ RECOVERY_S = 60.0
 def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LampsUp]:
     directory = tmp_path_factory.mktemp("faults")
     args = ("--port", "0", "--schedulers", "2", "--workers", "2", "--time-scale", "20")
-    with lamps_up(directory, *args, "--token", TOKEN) as running:
+    with lamps_up(
+        directory, *args, "--tool-timeout-seconds", TOOL_TIMEOUT, "--token", TOKEN
+    ) as running:
         yield running
 
 
@@ -174,3 +180,31 @@ async def test_a_killed_redis_is_restarted_on_its_data_and_requests_ride_it_out(
     record = await client.get_request(results[-1][0].request_id)
     assert record.state is RequestState.FINISHED
     assert_finished_once((await client.complete("after", replay=SCRIPT)).events)
+
+
+async def test_a_hung_tool_runner_fails_each_call_readably_and_recovers(
+    system: LampsUp, client: AsyncClient
+) -> None:
+    runner = system.part("tool-runner")["pid"]
+    try:
+        results = await run_through(client, "hang", lambda: os.kill(runner, signal.SIGSTOP))
+    finally:
+        os.kill(runner, signal.SIGCONT)
+
+    # Calls that had not ended when the runner stopped ended with a timeout the model read,
+    # and every request went on to its end.
+    timed_out = []
+    for events in results:
+        assert_finished_once(events)
+        ended = [e.result for e in events if isinstance(e, ToolCallFinished)]
+        assert len(ended) == 2
+        timed_out += [r for r in ended if r.error is not None]
+    assert timed_out
+    for result in timed_out:
+        assert result.error is not None
+        assert result.error.code is ToolErrorCode.TIMEOUT
+        assert "did not answer within" in result.error.message
+    # Continued, the runner serves calls again.
+    after = await client.complete("after", replay=SCRIPT)
+    assert_finished_once(after.events)
+    assert [call.result.error for call in after.tool_calls if call.result] == [None, None]

@@ -51,6 +51,13 @@ class UpConfig:
     dtype: str | None = option(None, "vllm: weight and activation dtype (float32 on a CPU)")
     max_model_len: int | None = option(None, "vllm: longest context in tokens")
     policy: str = option("lamps", "scheduling policy: " + ", ".join(POLICIES))
+    tool_timeout_seconds: float = option(
+        120.0,
+        "longest a tool call may run, in the engines' seconds (at --time-scale S, 1/S of that in "
+        "wall time): a call past it, or one to a tool runner that hangs, ends in a timeout "
+        "error the model reads (the default is four times the longest mean call of the "
+        "emulated tools, a human's chat reply)",
+    )
     predictor_model: Path | None = option(
         None, "model file from `lamps predictor train`; unset predicts call durations only"
     )
@@ -105,7 +112,7 @@ class UpConfig:
             raise ConfigError(f"--profile={self.profile!r} is unknown; known: {sorted(PROFILES)}")
         if self.policy not in POLICIES:
             raise ConfigError(f"--policy={self.policy!r} is unknown; known: {', '.join(POLICIES)}")
-        for name in ("time_scale", "ready_timeout", "leader_lease_seconds"):
+        for name in ("time_scale", "ready_timeout", "leader_lease_seconds", "tool_timeout_seconds"):
             value = getattr(self, name)
             if not (value > 0 and math.isfinite(value)):
                 raise ConfigError(f"{flag_name(name)}={value} must be a number above 0")

@@ -134,6 +134,7 @@ def scheduler_part(
         *("--policy", config.policy, "--cost-profile", config.profile),
         *("--predictor-address", predictor, "--tool-runner-address", tool_runner),
         *("--time-scale", str(config.time_scale)),
+        *("--tool-timeout-seconds", f"{config.tool_timeout_seconds / config.time_scale:g}"),
         *("--report-interval-seconds", f"{report_interval_s(config.time_scale):g}"),
     ]
     if keys.tls is not None:
