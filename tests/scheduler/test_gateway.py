@@ -288,3 +288,28 @@ async def test_a_request_no_worker_can_serve_fails_and_does_not_block_the_queue(
     assert "no worker serves model 'no-such-model'" in end.error_message
     behind = await scheduler.submit(make_request())
     assert (await worker.expect("admit")).admit.request_id == behind
+
+
+@pytest.mark.parametrize(
+    ("register", "words"),
+    [
+        (pb.Register(model="m" * 1_000_000), "model and engine have at most 256"),
+        (pb.Register(held_request_ids=["r" * 1_000]), "held_request_ids lists at most"),
+    ],
+    ids=["huge-model", "huge-held-id"],
+)
+async def test_a_registration_with_oversized_fields_is_refused(
+    scheduler: RunningScheduler, register: pb.Register, words: str
+) -> None:
+    # Found by fuzzing: these were accepted and echoed into status and error messages.
+    register.worker_id = "pod-x"
+    register.kv.block_size, register.kv.total_blocks = 16, 64
+    register.max_running = 1
+    async with open_channel(scheduler.target) as channel:
+        call = pb_grpc.WorkerGatewayServiceStub(channel).Connect(
+            iter([pb.ConnectRequest(register=register)])
+        )
+        with pytest.raises(aio.AioRpcError) as caught:
+            await call.read()
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert words in (caught.value.details() or "")

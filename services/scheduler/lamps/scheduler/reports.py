@@ -33,13 +33,17 @@ from lamps.scheduler.jobs import (
 from lamps.scheduler.placement import WorkerHandle
 from lamps.scheduler.policy import CallView, Policy
 from lamps.scheduler.queue import Commit
-from lamps.scheduler.validation import RequestError
+from lamps.scheduler.validation import MAX_MODEL_CHARS, RequestError, shorten
 from lamps.v1 import common_pb2 as cpb
 from lamps.v1 import scheduler_pb2 as pb
 
 log = logging.getLogger(__name__)
 
 MAX_WORKER_ID_CHARS = 253
+MAX_ENGINE_CHARS = 64
+# Request ids are 32 hex characters; a reconnecting worker lists those it still holds.
+MAX_HELD_REQUEST_IDS = 100_000
+MAX_REQUEST_ID_CHARS = 128
 RELEASE_REASONS = {
     pb.RELEASE_REASON_DISCARDED: "discarded",
     pb.RELEASE_REASON_PREEMPTED: "preempted",
@@ -199,7 +203,7 @@ class ReportHandler(ABC):
             self._reject(
                 worker,
                 request_id,
-                f"worker {worker.worker_id!r} does not hold request {request_id!r}",
+                f"worker {worker.worker_id!r} does not hold request {shorten(request_id)!r}",
             )
             return
         # A plain str: a newer worker may send kinds this version does not know.
@@ -582,3 +586,13 @@ def _check_register(register: pb.Register) -> None:
         raise invalid("max_running must be at least 1")
     if cpb.STRATEGY_UNSPECIFIED in register.strategies:
         raise invalid("strategies must not contain STRATEGY_UNSPECIFIED")
+    if len(register.model) > MAX_MODEL_CHARS or len(register.engine) > MAX_ENGINE_CHARS:
+        raise invalid(
+            f"model and engine have at most {MAX_MODEL_CHARS} and {MAX_ENGINE_CHARS} characters"
+        )
+    held = register.held_request_ids
+    if len(held) > MAX_HELD_REQUEST_IDS or any(len(i) > MAX_REQUEST_ID_CHARS for i in held):
+        raise invalid(
+            f"held_request_ids lists at most {MAX_HELD_REQUEST_IDS} ids of at most "
+            f"{MAX_REQUEST_ID_CHARS} characters"
+        )
