@@ -26,6 +26,8 @@ MAX_FIELD_NUMBER = (1 << 29) - 1
 # gRPC's default receive limit; our servers accept up to 32 MiB, so "huge" goes past both.
 GRPC_DEFAULT_LIMIT = 4 * 1024 * 1024
 MAX_DEPTH = 6
+# A huge repeated field stops growing here: past the servers' 32 MiB limit, not the test's memory.
+MAX_REPEATED_BYTES = 40 * 1024 * 1024
 
 INVALID_UTF8 = (b"\xff", b"ok\x80", b"\xc3\x28", b"\xed\xa0\x80", b"\xf4\x90\x80\x80", b"\xc0\xaf")
 ODD_TEXT = ("", " ", "\x00", "名前🙂", "\u202eevil", "../../etc/passwd", "%s%n{0}", "' OR 1=1")
@@ -232,7 +234,7 @@ def _repeated(fd: FieldDescriptor, chooser: Chooser, shape: Shape, depth: int) -
         return b""
     if count > 3:
         one = _encode_value(fd, _value(fd, chooser, shape, depth), chooser, shape, depth)
-        return one * (count if len(one) < 64 else max(count // 100, 2))
+        return one * min(count, max(MAX_REPEATED_BYTES // max(len(one), 1), 1))
     values = [_value(fd, chooser, shape, depth) for _ in range(count)]
     packable = fd.type not in (
         FieldDescriptor.TYPE_MESSAGE,
