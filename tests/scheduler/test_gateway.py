@@ -8,6 +8,7 @@ import pytest
 from grpc import aio
 
 from lamps.common.channel import open_channel
+from lamps.scheduler import metrics
 from lamps.v1 import common_pb2 as cpb
 from lamps.v1 import scheduler_pb2 as pb
 from lamps.v1 import scheduler_pb2_grpc as pb_grpc
@@ -313,3 +314,27 @@ async def test_a_registration_with_oversized_fields_is_refused(
             await call.read()
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert words in (caught.value.details() or "")
+
+
+async def test_a_workers_strings_and_numbers_never_become_metric_labels_or_odd_reasons(
+    scheduler: RunningScheduler,
+) -> None:
+    # Found by fuzzing a worker: a refusal's free-form instruction and code became label values
+    # (a series per message), and a Completed with reason 99 was recorded as is.
+    worker = await scheduler.worker(auto=False)
+    request_id = await scheduler.submit(make_request())
+    await worker.expect("admit")
+    bogus = pb.Refused(instruction="x" * 10_000, code=12345, message="y" * 10_000)
+    await worker.report(pb.RequestUpdate(request_id=request_id, refused=bogus))
+    await worker.report(
+        pb.RequestUpdate(request_id=request_id, completed=pb.Completed(reason=99))  # type: ignore[arg-type]
+    )
+    end = (await scheduler.events(request_id))[-1].finished
+    assert (end.state, end.reason) == (cpb.REQUEST_STATE_FINISHED, cpb.FINISH_REASON_STOP)
+    labels = {
+        tuple(sorted(sample.labels.values()))
+        for family in metrics.REFUSED_INSTRUCTIONS.collect()
+        for sample in family.samples
+    }
+    assert ("UNKNOWN_CODE", "other") in labels
+    assert all(len(value) < 32 for pair in labels for value in pair)

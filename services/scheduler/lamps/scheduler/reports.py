@@ -52,6 +52,9 @@ RELEASE_REASONS = {
 
 
 _STATUS_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
+WORKER_REASONS = frozenset({cpb.FINISH_REASON_STOP, cpb.FINISH_REASON_LENGTH})
+INSTRUCTIONS = frozenset({"admit", "resume", "pause", "preempt", "abort"})
+MAX_LOGGED_REASON_CHARS = 500
 
 
 class ReportHandler(ABC):
@@ -312,7 +315,9 @@ class ReportHandler(ABC):
             job.outcomes[-1].post_call_tokens = job.segment_tokens
         else:
             job.outcomes.append(Outcome("", 0.0, job.segment_tokens))
-        reason = completed.reason or cpb.FINISH_REASON_STOP
+        # A worker ends a generation by a stop or its length; any other reason (or a number no
+        # enum knows) is not its to give.
+        reason = completed.reason if completed.reason in WORKER_REASONS else cpb.FINISH_REASON_STOP
         self._finish(job, cpb.REQUEST_STATE_FINISHED, reason)
 
     def _released(self, job: Job, worker: WorkerHandle, released: pb.Released, now: float) -> None:
@@ -336,16 +341,18 @@ class ReportHandler(ABC):
 
     def _refused(self, job: Job, worker: WorkerHandle, refused: pb.Refused) -> None:
         """The worker could not carry out an instruction about this request."""
-        code = _STATUS_NAMES.get(refused.code, str(refused.code))
-        metrics.REFUSED_INSTRUCTIONS.labels(instruction=refused.instruction, code=code).inc()
+        # Metric labels only from closed sets: a worker must not be able to mint series.
+        code = _STATUS_NAMES.get(refused.code, "UNKNOWN_CODE")
+        instruction = refused.instruction if refused.instruction in INSTRUCTIONS else "other"
+        metrics.REFUSED_INSTRUCTIONS.labels(instruction=instruction, code=code).inc()
         log.warning(
             "worker refused an instruction",
             extra={
                 "worker": worker.worker_id,
                 "request_id": job.request_id,
-                "instruction": refused.instruction,
+                "instruction": shorten(refused.instruction),
                 "code": code,
-                "reason": refused.message,
+                "reason": shorten(refused.message, MAX_LOGGED_REASON_CHARS),
             },
         )
         if refused.code == grpc.StatusCode.NOT_FOUND.value[0]:

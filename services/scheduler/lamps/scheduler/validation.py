@@ -25,11 +25,11 @@ MAX_MODEL_CHARS = 256
 QUOTE_CHARS = 64
 
 
-def shorten(text: str) -> str:
-    """`text` as an error message quotes it: cut to QUOTE_CHARS characters."""
-    if len(text) <= QUOTE_CHARS:
+def shorten(text: str, limit: int = QUOTE_CHARS) -> str:
+    """`text` as an error message or a log quotes it: cut to `limit` characters."""
+    if len(text) <= limit:
         return text
-    return f"{text[:QUOTE_CHARS]}... ({len(text)} characters)"
+    return f"{text[:limit]}... ({len(text)} characters)"
 
 
 class RequestError(Exception):
