@@ -11,16 +11,18 @@ from pathlib import Path
 import grpc
 import pytest
 
-from lamps.v1 import predictor_pb2, scheduler_pb2, tool_runner_pb2
-from tests.support.fuzz import FuzzTarget, open_channel
+from lamps.v1 import scheduler_pb2
+from tests.support.fuzz import (
+    GATEWAY,
+    PREDICTOR,
+    SCHEDULER,
+    TOOL_RUNNER,
+    FuzzTarget,
+    open_channel,
+)
 from tests.support.processes import ServiceProcess, lamps_command, loopback_serve_args
 from tests.support.redis import RedisProcess
 from tests.support.system import CLIENT_TOKEN, CLUSTER_TOKEN, LocalSystem, running_system
-
-SCHEDULER = scheduler_pb2.DESCRIPTOR.services_by_name["SchedulerService"]
-GATEWAY = scheduler_pb2.DESCRIPTOR.services_by_name["WorkerGatewayService"]
-PREDICTOR = predictor_pb2.DESCRIPTOR.services_by_name["PredictorService"]
-TOOL_RUNNER = tool_runner_pb2.DESCRIPTOR.services_by_name["ToolRunnerService"]
 
 
 @dataclass

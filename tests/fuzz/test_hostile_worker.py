@@ -16,8 +16,8 @@ from grpc import aio
 from lamps.client import Client, RequestState
 from lamps.v1 import common_pb2 as cpb
 from lamps.v1 import scheduler_pb2 as pb
-from tests.fuzz.conftest import SCHEDULER, FuzzSystem, real_worker, wait_until_idle
-from tests.support.fuzz import HOSTILE, is_serving, open_channel, settle
+from tests.fuzz.conftest import FuzzSystem, real_worker, wait_until_idle
+from tests.support.fuzz import HOSTILE, SCHEDULER, is_serving, open_channel, settle
 from tests.support.fuzz_wire import RandomChooser, length_delimited, message
 from tests.support.system import CLIENT_TOKEN, CLUSTER_TOKEN
 

@@ -1,7 +1,7 @@
 """Every RPC of every service, fed hostile bytes: oversized fields, invalid UTF-8, huge repeated
 fields, out-of-range enums, unknown fields, wrong wire types, truncated messages.
 
-Each RPC must answer only the codes `allowed_codes` lists (never UNKNOWN or INTERNAL), its server
+Each RPC must answer only as `is_expected` allows (never UNKNOWN or INTERNAL), its server
 must stay up and SERVING, and every request the fuzzing got accepted must end once cancelled,
 leaving the queue empty and the real worker's KV cache as it was.
 """
@@ -16,27 +16,24 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lamps.client import Client, RequestState
-from tests.fuzz.conftest import (
+from tests.fuzz.conftest import FuzzSystem, real_worker, wait_until_idle
+from tests.support.fuzz import (
     GATEWAY,
     PREDICTOR,
     SCHEDULER,
-    TOOL_RUNNER,
-    FuzzSystem,
-    real_worker,
-    wait_until_idle,
-)
-from tests.support.fuzz import (
     SERVER_FAULTS,
+    TOOL_RUNNER,
     Rpc,
     call,
     fuzz_inputs,
     is_expected,
     is_serving,
+    lamps_targets,
     open_channel,
     run_fuzz,
     settle,
 )
-from tests.support.system import CLIENT_TOKEN
+from tests.support.system import CLIENT_TOKEN, CLUSTER_TOKEN
 
 METHODS = [m for s in (SCHEDULER, GATEWAY, PREDICTOR, TOOL_RUNNER) for m in s.methods]
 # Enough to meet every kind of hostile value in a suite run; FUZZ_EXAMPLES=500 hunts further.
@@ -50,6 +47,8 @@ def test_fuzzed_calls_get_only_the_expected_codes_and_leak_nothing(
     service = method.containing_service.full_name
     rpc = Rpc(fuzz_system.target(service), method)
     accepted: list[str] = []
+    process = fuzz_system.process_of(service)
+    logged = len(process.records())
     with open_channel(rpc.target.address) as channel:
 
         @settings(
@@ -70,8 +69,10 @@ def test_fuzzed_calls_get_only_the_expected_codes_and_leak_nothing(
             fuzz()
         finally:
             fuzz_system.accepted.extend(accepted)
-        assert fuzz_system.process_of(service).proc.poll() is None
+        assert process.proc.poll() is None
         assert is_serving(channel, service)
+    # An exception a handler swallowed (and logged) is a bug too.
+    assert [r for r in process.records()[logged:] if r["level"] == "ERROR"] == []
     with open_channel(fuzz_system.system.target) as channel:
         leaked = settle(channel, fuzz_system.target(SCHEDULER.full_name), accepted)
     assert not leaked
@@ -90,8 +91,16 @@ def test_the_real_worker_still_serves_after_fuzzed_workers(fuzz_system: FuzzSyst
 def test_the_seeded_sweep_covers_every_rpc_and_finds_nothing_wrong(
     fuzz_system: FuzzSystem,
 ) -> None:
-    services = (SCHEDULER, GATEWAY, PREDICTOR, TOOL_RUNNER)
-    rows = run_fuzz([fuzz_system.target(s.full_name) for s in services], 4, seed=11)
+    system = fuzz_system.system
+    assert system.tool_runner is not None
+    targets = lamps_targets(
+        system.target,
+        fuzz_system.predictor.target,
+        system.tool_runner.target,
+        client_token=CLIENT_TOKEN,
+        cluster_token=CLUSTER_TOKEN,
+    )
+    rows = run_fuzz(targets, 4, seed=11)
     assert [(r.service, r.method) for r in rows] == [
         (m.containing_service.full_name, m.name) for m in METHODS
     ]

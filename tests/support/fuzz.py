@@ -15,7 +15,7 @@ import random
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import grpc
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
@@ -23,6 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import strategies as st
 
 from lamps.v1 import common_pb2 as cpb
+from lamps.v1 import predictor_pb2, scheduler_pb2, tool_runner_pb2
 from lamps.v1 import scheduler_pb2 as pb
 from tests.support.fuzz_hints import hints_for
 from tests.support.fuzz_wire import (
@@ -58,6 +59,10 @@ ALLOWED_CODES: dict[str, frozenset[str]] = {
     # A first message that is not a Register; a worker id that is connected already.
     "lamps.v1.WorkerGatewayService.Connect": _COMMON | {"FAILED_PRECONDITION", "ALREADY_EXISTS"},
 }
+SCHEDULER = scheduler_pb2.DESCRIPTOR.services_by_name["SchedulerService"]
+GATEWAY = scheduler_pb2.DESCRIPTOR.services_by_name["WorkerGatewayService"]
+PREDICTOR = predictor_pb2.DESCRIPTOR.services_by_name["PredictorService"]
+TOOL_RUNNER = tool_runner_pb2.DESCRIPTOR.services_by_name["ToolRunnerService"]
 LEANING_VALID = Shape(hostile=5, present=20, mutate=0, huge=0)
 HOSTILE = Shape()
 
@@ -108,6 +113,25 @@ class Rpc:
         return self.method.full_name
 
 
+def lamps_targets(
+    scheduler: str,
+    predictor: str,
+    tool_runner: str,
+    *,
+    client_token: str | None = None,
+    cluster_token: str | None = None,
+    service_token: str | None = None,
+) -> list[FuzzTarget]:
+    """The four services of a LAMPS system, at their addresses, with the tokens they take
+    (`service_token`: the predictor's and tool runner's, if they require one)."""
+    return [
+        FuzzTarget(scheduler, (SCHEDULER,), client_token),
+        FuzzTarget(scheduler, (GATEWAY,), cluster_token),
+        FuzzTarget(predictor, (PREDICTOR,), service_token),
+        FuzzTarget(tool_runner, (TOOL_RUNNER,), service_token),
+    ]
+
+
 def rpcs(targets: Sequence[FuzzTarget]) -> list[Rpc]:
     """Every method of every target's services."""
     return [
@@ -132,13 +156,7 @@ class FuzzInput:
 def make_input(method: MethodDescriptor, chooser: Chooser, known: Sequence[str]) -> FuzzInput:
     """One call's input for `method`: leaning valid or hostile, by a coin."""
     shape = LEANING_VALID if chance(chooser, 50) else HOSTILE
-    shape = Shape(
-        shape.hostile,
-        shape.present,
-        shape.mutate,
-        shape.huge,
-        hints_for(method.containing_service.full_name, known),
-    )
+    shape = replace(shape, hints=hints_for(method.containing_service.full_name, known))
     if not method.client_streaming:
         return FuzzInput((message(method.input_type, chooser, shape),))
     return FuzzInput(tuple(_connect_stream(method, chooser, shape)))
@@ -165,16 +183,17 @@ class _DrawChooser:
         return self._draw(st.integers(low, high))
 
 
+@st.composite
+def _drawn_input(draw: st.DrawFn, method: MethodDescriptor, known: Sequence[str]) -> FuzzInput:
+    chooser = _DrawChooser(draw)
+    return make_input(method, chooser, known)
+
+
 def fuzz_inputs(
     method: MethodDescriptor, known: Sequence[str] = ()
 ) -> st.SearchStrategy[FuzzInput]:
     """A hypothesis strategy of inputs for `method` (`known`: request ids to aim at)."""
-
-    @st.composite
-    def inputs(draw: st.DrawFn) -> FuzzInput:
-        return make_input(method, _DrawChooser(draw), known)
-
-    return inputs()
+    return _drawn_input(method, known)
 
 
 # Calls -----------------------------------------------------------------------------------------
