@@ -11,11 +11,13 @@ also cancels what it got accepted and counts what was leaked.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import grpc
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
@@ -339,21 +341,28 @@ ENDED = frozenset(
 def settle(
     channel: grpc.Channel, target: FuzzTarget, request_ids: Sequence[str], timeout_s: float = 30.0
 ) -> list[str]:
-    """Cancel every request in `request_ids` and wait for each to end; those that did not."""
+    """Cancel every request in `request_ids` and wait for each to end; those that did not (one
+    the scheduler no longer knows counts as not ended: it was lost)."""
     metadata = target.metadata()
     cancel = channel.unary_unary("/lamps.v1.SchedulerService/Cancel", _identity, _identity)
     get = channel.unary_unary("/lamps.v1.SchedulerService/GetRequest", _identity, _identity)
     for request_id in set(request_ids):
         body = pb.CancelRequest(request_id=request_id).SerializeToString()
-        cancel(body, metadata=metadata, timeout=UNARY_TIMEOUT_S)
+        with contextlib.suppress(grpc.RpcError):  # GetRequest below tells what became of it
+            cancel(body, metadata=metadata, timeout=UNARY_TIMEOUT_S)
     pending = set(request_ids)
     deadline = time.monotonic() + timeout_s
     while pending and time.monotonic() < deadline:
-        for request_id in sorted(pending):
-            body = pb.GetRequestRequest(request_id=request_id).SerializeToString()
-            raw = get(body, metadata=metadata, timeout=UNARY_TIMEOUT_S)
-            if pb.GetRequestResponse.FromString(raw).record.state in ENDED:
-                pending.discard(request_id)
+        pending = {rid for rid in pending if not _ended(get, rid, metadata)}
         if pending:
-            time.sleep(0.1)
+            time.sleep(0.1)  # polling: nothing announces a record's end but the record
     return sorted(pending)
+
+
+def _ended(get: Any, request_id: str, metadata: tuple[tuple[str, str], ...]) -> bool:
+    body = pb.GetRequestRequest(request_id=request_id).SerializeToString()
+    try:
+        raw = get(body, metadata=metadata, timeout=UNARY_TIMEOUT_S)
+    except grpc.RpcError:
+        return False
+    return pb.GetRequestResponse.FromString(raw).record.state in ENDED
