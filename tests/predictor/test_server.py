@@ -52,6 +52,7 @@ def served(
         *loopback_serve_args("predictor"),
         *("--model", str(trained_model), "--max-batch", str(MAX_BATCH)),
         *("--batch-window-ms", "5000", "--max-prompt-chars", "200", "--max-inputs", "8"),
+        *("--max-outcomes", "8"),
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("LAMPS_")}
     with log_path.open("wb") as log_file:
@@ -179,6 +180,16 @@ async def test_bad_outcomes_are_invalid_arguments_and_nothing_is_folded_in(
     assert message in (caught.value.details() or "")
     response = await stub.Predict(pb.PredictRequest(inputs=inputs(PROMPTS)), timeout=30)
     assert response.predictions[0].call_duration_seconds == pytest.approx(9e-5)
+
+
+async def test_an_outcome_batch_over_the_limit_is_an_invalid_argument(
+    stub: pb_grpc.PredictorServiceAsyncStub,
+) -> None:
+    outcomes = [pb.Outcome(request_id="x", tool="qa", call_duration_seconds=1)] * 9
+    with pytest.raises(aio.AioRpcError) as caught:
+        await stub.ReportOutcome(pb.ReportOutcomeRequest(outcomes=outcomes), timeout=10)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "9 outcomes in one call; at most 8" in (caught.value.details() or "")
 
 
 async def test_an_empty_outcome_batch_is_an_invalid_argument(

@@ -282,6 +282,12 @@ class PredictorServicer(pb_grpc.PredictorServiceServicer):
         """The first problem in the batch; none is folded in unless all are valid."""
         if not outcomes:
             return "outcomes is empty: send at least one Outcome"
+        limit = self._predictor.config.max_outcomes
+        if len(outcomes) > limit:
+            return (
+                f"{len(outcomes)} outcomes in one call; at most {limit} (split the batch, or "
+                "raise --max-outcomes)"
+            )
         known = self._predictor.known_tools
         for index, outcome in enumerate(outcomes):
             where = f"outcomes[{index}] (request {_short(outcome.request_id)!r})"
