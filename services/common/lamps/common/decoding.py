@@ -11,6 +11,7 @@ the call that way. It sits last in the chain, so an unauthenticated caller is re
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
 else:
     Handler = grpc.RpcMethodHandler
     _ServerInterceptor = aio.ServerInterceptor
+
+log = logging.getLogger("lamps.rpc")
 
 Context = aio.ServicerContext[Any, Any]
 Continuation = Callable[[grpc.HandlerCallDetails], Any]
@@ -67,8 +70,22 @@ async def _refuse(context: Context, request: Undecodable) -> None:
 async def _checked(requests: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
     async for request in requests:
         if isinstance(request, Undecodable):
-            await _refuse(context, request)
+            await _refuse_stream(context, request)
+            return
         yield request
+
+
+async def _refuse_stream(context: Context, request: Undecodable) -> None:
+    """Refuse from wherever the stream is read (a handler's reader task, say), where the call
+    may have ended meanwhile (the client hung up): then there is no one left to answer."""
+    if context.done():
+        return
+    try:
+        await _refuse(context, request)
+    except aio.AbortError:
+        raise
+    except Exception:
+        log.debug("the call ended before its refusal could be sent", exc_info=True)
 
 
 def guard(handler: Handler) -> Handler:
