@@ -29,6 +29,9 @@ CRASH_WINDOW_S = 60.0
 FIRST_BACKOFF_S = 0.5
 MAX_BACKOFF_S = 8.0
 TAIL_LINES = 20
+# A part killed by a signal while starting (a crash such as an abort, not a refusal of its
+# configuration, which exits with a status) is started again this many more times.
+START_RETRIES = 2
 _PR_SET_PDEATHSIG = 1
 
 
@@ -88,6 +91,10 @@ class Child:
 
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def killed_by_signal(self) -> bool:
+        """Whether the process ended on a signal (a crash), not with an exit status."""
+        return self.proc is not None and (self.proc.returncode or 0) < 0
 
     def check_running(self) -> None:
         """Raise NotReadyError if the process has exited."""
@@ -174,8 +181,18 @@ class Supervisor:
         """Start a part and wait until it is ready; PartError if it is not."""
         child = Child(part, self._log_dir / f"{part.name}.log")
         self.children[part.name] = child
-        await self._launch(child, "starting")
-        return child
+        for retries_left in range(START_RETRIES, -1, -1):
+            try:
+                await self._launch(child, "starting")
+                return child
+            except PartError as exc:
+                if not (retries_left and child.killed_by_signal()):
+                    raise
+                self._say(f"{exc} while starting; starting it again (log: {child.log_path})")
+                child.signal_group(signal.SIGKILL)
+                await asyncio.to_thread(_reap, child)
+                child.part = child.part.pinned(child.port, child.metrics_port)
+        raise AssertionError("unreachable")
 
     async def start_all(self, parts: Sequence[Part]) -> list[Child]:
         """Start parts side by side; the first failure is raised once all have settled."""
