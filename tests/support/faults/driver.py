@@ -222,7 +222,7 @@ class Driver:
                 async for response in call:
                     see(log, response.event)
                     attempt = 0
-                    if log.ended:
+                    if log.terminal_events:  # the end: nothing follows it
                         break
             except grpc.RpcError as exc:
                 if exc.code() not in RETRYABLE:
