@@ -50,7 +50,8 @@ class FaultContext:
 class Fault(Protocol):
     """Something that goes wrong mid-run; `inject` returns what it did, in words."""
 
-    name: str
+    @property
+    def name(self) -> str: ...
 
     async def inject(self, context: FaultContext) -> str: ...
 
@@ -188,3 +189,15 @@ async def wait_whole(context: FaultContext) -> None:
                 if len(ready) >= context.workers:
                     return
             await asyncio.sleep(POLL_S)
+
+
+def standard_faults(hang_s: float) -> list[Fault]:
+    """Issue 11's faults, baseline first, in the order the report lists them."""
+    return [
+        NoFault(),
+        KillPart("scheduler", "SIGKILL the active scheduler"),
+        KillBusyWorker(),
+        KillPart("redis", "SIGKILL Redis (restarted, AOF on)"),
+        HangToolRunner(hang_s),
+        DropClient(),
+    ]

@@ -1,0 +1,231 @@
+"""Reliability: faults, overload and hostile input against the live system; writes
+benchmarks/reliability.md.
+
+    python benchmarks/reliability.py --json benchmarks/reliability.json
+
+Faults: one `lamps up` (two sim workers, every part a real process on loopback) replays Poisson
+arrivals of a bundled trace once per fault, through the fault harness of tests/support/faults:
+each request is submitted with an idempotency key of its own (retried with the same key while the
+scheduler is unreachable) and followed with Watch, resumed from its last offset. Mid-run the fault
+is injected; afterwards every request is cross-checked with GetRequest and counted accepted,
+finished, failed, lost and duplicated (definitions in tests/support/faults/ledger.py).
+
+Load: a second `lamps up` (one worker, a small KV cache, an admission limit) gets twice the rate
+the simulator says it sustains, then half of it: what it admits must finish, the rest must be
+shed with RESOURCE_EXHAUSTED and a retry hint, and shedding must stop once the rate drops.
+
+Inputs: the wire-level fuzzing of every RPC and the tool probes of tests/support/fuzz.py, when
+that module is present.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import importlib
+import json
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO_ROOT = HERE.parent
+sys.path.insert(0, str(REPO_ROOT))  # the harness lives with the tests that share it
+
+from tests.support.faults import report  # noqa: E402
+from tests.support.faults.driver import DriveSettings, Progress  # noqa: E402
+from tests.support.faults.injectors import run_with_fault, standard_faults  # noqa: E402
+from tests.support.faults.load import (  # noqa: E402
+    Phase,
+    per_second,
+    run_phases,
+    shedding_stopped_after,
+    sustainable_rate,
+)
+from tests.support.lamps_up import LampsUp, lamps_up  # noqa: E402
+
+from lamps.cli.progress import progress_bar  # noqa: E402
+from lamps.cli.up_config import UpConfig  # noqa: E402
+from lamps.model.cost import get_profile  # noqa: E402
+from lamps.model.workload import load_trace, poisson_arrivals  # noqa: E402
+
+UP_FLAGS = {field.name for field in dataclasses.fields(UpConfig)}
+
+
+def main() -> int:
+    args = _arguments()
+    started = time.perf_counter()
+    document: dict[str, Any] = {"settings": {k: str(v) for k, v in vars(args).items()}}
+    document["faults"] = asyncio.run(_faults(args)) if args.faults else []
+    document["load"] = asyncio.run(_load(args)) if args.load else {}
+    document["inputs"] = _inputs(args) if args.inputs else {}
+    document["wall_s"] = round(time.perf_counter() - started, 1)
+    markdown = report.markdown(document)
+    args.markdown.write_text(markdown, encoding="utf-8")
+    _say(f"wrote {args.markdown} in {document['wall_s']:.0f} s")
+    if args.json:
+        args.json.write_text(json.dumps(document, indent=2) + "\n")
+        _say(f"wrote {args.json}")
+    if args.plot and document["load"]:
+        try:
+            report.plot_load(args.plot, document["load"])
+            _say(f"wrote {args.plot}")
+        except RuntimeError as error:  # matplotlib missing: the tables still stand
+            _say(str(error))
+    return 0 if report.passed(document) else 1
+
+
+def _arguments() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--trace", default="lamps_single_api")
+    parser.add_argument("--time-scale", type=float, default=10.0, help="engine s per wall s")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rate", type=float, default=4.0, help="fault runs: req per engine s")
+    parser.add_argument("--duration", type=float, default=60.0, help="fault runs: engine s")
+    parser.add_argument("--hang", type=float, default=3.0, help="tool runner stopped (wall s)")
+    parser.add_argument("--load-duration", type=float, default=120.0, help="engine s per phase")
+    parser.add_argument("--kv-tokens", type=int, default=4000, help="load: the worker's KV")
+    parser.add_argument("--max-waiting", type=int, default=16, help="load: admission limit")
+    parser.add_argument("--fuzz-count", type=int, default=25, help="fuzzed messages per RPC")
+    for part in ("faults", "load", "inputs"):
+        parser.add_argument(f"--no-{part}", dest=part, action="store_false")
+    parser.add_argument("--markdown", type=Path, default=HERE / "reliability.md")
+    parser.add_argument("--plot", type=Path, default=HERE / "reliability_load.png")
+    parser.add_argument("--json", type=Path, help="also write the numbers as JSON")
+    return parser.parse_args()
+
+
+def _say(message: str) -> None:
+    print(f"reliability: {message}", file=sys.stderr, flush=True)
+
+
+def _progress(label: str) -> Progress:
+    bar = progress_bar()
+
+    def show(sent: int, accepted: int, ended: int, total: int) -> None:
+        bar(f"{label}: {sent}/{total} sent, {ended} ended", ended / max(total, 1))
+
+    return show
+
+
+@contextmanager
+def _system(*args: str) -> Iterator[LampsUp]:
+    with (
+        tempfile.TemporaryDirectory(prefix="lamps-reliability-") as state,
+        lamps_up(Path(state), "--port", "0", *args) as running,
+    ):
+        yield running
+        running.stop()
+
+
+def _settings(args: argparse.Namespace, label: str) -> DriveSettings:
+    return DriveSettings(time_scale=args.time_scale, key_prefix=f"{label}-{uuid.uuid4().hex[:8]}")
+
+
+async def _faults(args: argparse.Namespace) -> list[dict[str, Any]]:
+    trace = load_trace(args.trace)
+    up = ["--workers", "2", "--time-scale", str(args.time_scale)]
+    if "schedulers" in UP_FLAGS:  # a standby takes over from a killed leader
+        up += ["--schedulers", "2"]
+    rows = []
+    with _system(*up) as system:
+        for index, fault in enumerate(standard_faults(args.hang)):
+            arrivals = poisson_arrivals(trace, args.rate, args.duration, args.seed + index)
+            _say(f"{fault.name}: {len(arrivals)} requests at {args.rate:g} req/s")
+            run = await run_with_fault(
+                system.target,
+                None,
+                system.endpoints,
+                2,
+                fault,
+                arrivals,
+                _settings(args, f"fault{index}"),
+                progress=_progress(fault.name),
+            )
+            counts = run.tally
+            rows.append(
+                counts.row(run.fault)
+                | {
+                    "injected": run.injected,
+                    "offered": counts.offered,
+                    "lost_examples": counts.lost_examples,
+                    "duplicated_examples": counts.duplicated_examples,
+                    "resumed_streams": sum(log.resumes for log in run.logs),
+                }
+            )
+            _say(f"{fault.name}: {json.dumps(rows[-1])}")
+    return rows
+
+
+async def _load(args: argparse.Namespace) -> dict[str, Any]:
+    if "max_waiting_requests" not in UP_FLAGS:
+        _say("load: this lamps up has no --max-waiting-requests; skipped")
+        return {}
+    trace = load_trace(args.trace)
+    cost = get_profile("gptj-6b-a100").with_kv_tokens(args.kv_tokens)
+    rate = sustainable_rate(trace, cost, workers=1, policy="lamps")
+    phases = [
+        Phase("overload (2x)", 2 * rate, args.load_duration),
+        Phase("recovery (0.5x)", 0.5 * rate, args.load_duration),
+    ]
+    _say(f"load: sustainable about {rate:.2f} req/s (simulated); phases {phases}")
+    up = [
+        *("--workers", "1", "--time-scale", str(args.time_scale)),
+        *("--kv-cache-bytes", str(int(cost.kv_bytes(args.kv_tokens)))),
+        *("--max-waiting-requests", str(args.max_waiting)),
+    ]
+    with _system(*up) as system:
+        results = await run_phases(
+            system.target,
+            None,
+            trace,
+            phases,
+            _settings(args, "load"),
+            seed=args.seed,
+            progress=_progress("load"),
+        )
+    return {
+        "sustainable_rate": round(rate, 3),
+        "kv_tokens": args.kv_tokens,
+        "max_waiting_requests": args.max_waiting,
+        "phases": [result.row() for result in results],
+        "shedding_stopped_after_s": shedding_stopped_after(results, 1, args.time_scale),
+        "per_second": per_second(results, args.time_scale),
+    }
+
+
+def _inputs(args: argparse.Namespace) -> dict[str, Any]:
+    """The fuzzing of every SchedulerService RPC (against a `lamps up` without client auth) and
+    the tool probes (against a tool runner of its own), if tests/support/fuzz.py is here."""
+    try:  # issue 11's hostile-input harness, built beside this one
+        fuzz = importlib.import_module("tests.support.fuzz")
+    except ImportError:
+        _say("inputs: tests/support/fuzz.py is not here; skipped")
+        return {}
+    from lamps.v1 import scheduler_pb2
+
+    service = scheduler_pb2.DESCRIPTOR.services_by_name["SchedulerService"]
+    with _system("--workers", "1", "--time-scale", str(args.time_scale)) as system:
+        _say(f"inputs: fuzzing {len(service.methods)} RPCs, {args.fuzz_count} inputs each")
+        target = fuzz.FuzzTarget(system.target, (service,))
+        rows = fuzz.run_fuzz([target], args.fuzz_count, args.seed)
+        probes = []
+        run_tool_probes = getattr(fuzz, "run_tool_probes", None)
+        if run_tool_probes is not None:
+            tool_runner = system.endpoints()["parts"]["tool-runner"]["address"]
+            probes = run_tool_probes(tool_runner, None)
+    return {
+        "count_per_rpc": args.fuzz_count,
+        "fuzz": [dataclasses.asdict(row) for row in rows],
+        "tool_probes": [dataclasses.asdict(probe) for probe in probes],
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""benchmarks/reliability.md from the document benchmarks/reliability.py measures (and writes
+with --json): the faults table, the load phases, the inputs tried, and whether all held."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+FAULT_COLUMNS = ("fault", "accepted", "finished", "failed", "lost", "duplicated")
+LOAD_COLUMNS = (
+    "phase",
+    "rate",
+    "offered",
+    "admitted",
+    "shed",
+    "shed_with_retry_hint",
+    "finished",
+    "failed",
+    "lost",
+    "duplicated",
+)
+
+
+def table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> list[str]:
+    """A markdown table of `columns` of `rows`."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        lines.append("| " + " | ".join(_cell(row.get(column, "")) for column in columns) + " |")
+    return lines
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {v}" for k, v in value.items()) or "-"
+    return str(value).replace("|", "/")
+
+
+def passed(document: dict[str, Any]) -> bool:
+    """Nothing lost or duplicated anywhere, every admitted request ended, and the load's shed
+    requests all carried a retry hint."""
+    for row in document.get("faults", []):
+        if row["lost"] or row["duplicated"] or row["finished"] + row["failed"] != row["accepted"]:
+            return False
+    for phase in document.get("load", {}).get("phases", []):
+        if phase["lost"] or phase["duplicated"] or phase["shed_with_retry_hint"] != phase["shed"]:
+            return False
+    for row in document.get("inputs", {}).get("fuzz", []):
+        if row.get("server_errors") or row.get("unexpected") or row.get("leaked"):
+            return False
+    return True
+
+
+def markdown(document: dict[str, Any]) -> str:
+    """The report."""
+    settings = document["settings"]
+    lines = [
+        "# Reliability: faults, overload and hostile input",
+        "",
+        "Written by `python benchmarks/reliability.py` "
+        f"(trace `{settings['trace']}`, time scale {settings['time_scale']}, seed "
+        f"{settings['seed']}; {document['wall_s']:.0f} s on the shared 2-core machine). "
+        f"Verdict: **{'all held' if passed(document) else 'FAILED'}**.",
+        "",
+        *_faults(document.get("faults", []), settings),
+        *_load(document.get("load", {})),
+        *_inputs(document.get("inputs", {})),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _faults(rows: list[dict[str, Any]], settings: dict[str, Any]) -> list[str]:
+    if not rows:
+        return []
+    lines = [
+        "## Faults",
+        "",
+        f"One `lamps up` with two sim workers; each run replays {settings['duration']} engine "
+        f"seconds of Poisson arrivals at {settings['rate']} req/s, injects the fault once half "
+        "the requests are sent, and drains. Every request is submitted with its own idempotency "
+        "key (retried with the same key while the scheduler is unreachable) and followed with "
+        "Watch, resumed from its last offset; GetRequest cross-checks each one at the end. "
+        "*Lost*: accepted, and not ended by the drain deadline or unknown to GetRequest. "
+        "*Duplicated*: two ids for one key, an event offset or token index repeated or skipped, "
+        "two ends, or a replay that did not generate exactly its script's tokens.",
+        "",
+        *table(rows, (*FAULT_COLUMNS, "shed", "resumed_streams", "injected")),
+        "",
+    ]
+    for row in rows:
+        for example in row.get("lost_examples", []) + row.get("duplicated_examples", []):
+            lines.append(f"- {row['fault']}: {example}")
+        if row.get("errors"):
+            lines.append(f"- {row['fault']}, failures: {_cell(row['errors'])}")
+    return [*lines, ""] if lines[-1] != "" else lines
+
+
+def _load(load: dict[str, Any]) -> list[str]:
+    if not load:
+        return []
+    stopped = load.get("shedding_stopped_after_s")
+    recovered = (
+        f"shedding stopped {stopped:.0f} engine s after the rate dropped"
+        if stopped is not None
+        else "shedding had not stopped by the end of the recovery phase"
+    )
+    return [
+        "## Load",
+        "",
+        f"One sim worker with {load['kv_tokens']} KV tokens and `--max-waiting-requests "
+        f"{load['max_waiting_requests']}`. The simulator, saturated, finishes "
+        f"{load['sustainable_rate']:.2f} req/s on this configuration: that is taken as the rate "
+        "it sustains. Twice that, then half of it; a request refused with RESOURCE_EXHAUSTED is "
+        f"counted shed and not sent again. {recovered.capitalize()}.",
+        "",
+        *table(load["phases"], LOAD_COLUMNS),
+        "",
+        "Admitted and shed per engine second: `reliability_load.png`.",
+        "",
+    ]
+
+
+def _inputs(inputs: dict[str, Any]) -> list[str]:
+    if not inputs:
+        return []
+    lines = ["## Inputs tried", ""]
+    fuzz = inputs.get("fuzz", [])
+    if fuzz:
+        lines += [
+            f"Seeded random messages ({inputs.get('count_per_rpc')} per RPC, hostile shapes: "
+            "oversized fields, invalid UTF-8, huge repeated fields, out-of-range enums) sent "
+            "to every RPC. *Server errors*: UNKNOWN, INTERNAL or DATA_LOSS; *unexpected*: a "
+            "code the RPC should not answer; *leaked*: accepted requests still running after "
+            "they were cancelled.",
+            "",
+            *table(
+                fuzz,
+                ("service", "method", "inputs", "codes", "server_errors", "unexpected", "leaked"),
+            ),
+            "",
+        ]
+    probes = inputs.get("tool_probes", [])
+    if probes:
+        columns = tuple(probes[0])
+        lines += ["Tool probes:", "", *table(probes, columns), ""]
+    return lines
+
+
+def plot_load(path: Path, load: dict[str, Any]) -> None:
+    """Admitted and shed requests per engine second, the phase change marked."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise RuntimeError("plots need matplotlib: pip install 'lamps-serving[plot]'") from None
+    series = load["per_second"]
+    seconds = [point["second"] for point in series]
+    figure, axes = plt.subplots(figsize=(8, 3.5))
+    axes.bar(seconds, [p["admitted"] for p in series], width=1.0, label="admitted")
+    bottom = [p["admitted"] for p in series]
+    axes.bar(seconds, [p["shed"] for p in series], width=1.0, bottom=bottom, label="shed")
+    axes.axvline(load["phases"][0]["duration_s"], color="black", linestyle="--", linewidth=1)
+    axes.set_xlabel("engine seconds")
+    axes.set_ylabel("requests sent")
+    axes.set_title(
+        f"2x then 0.5x of {load['sustainable_rate']:.2f} req/s, "
+        f"--max-waiting-requests {load['max_waiting_requests']}"
+    )
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
