@@ -43,7 +43,7 @@ from tests.support.faults.driver import DriveSettings, Progress  # noqa: E402
 from tests.support.faults.injectors import run_with_fault, standard_faults  # noqa: E402
 from tests.support.faults.load import (  # noqa: E402
     Phase,
-    per_second,
+    per_interval,
     run_phases,
     shedding_stopped_after,
     sustainable_rate,
@@ -196,7 +196,7 @@ async def _load(args: argparse.Namespace) -> dict[str, Any]:
         "max_waiting_requests": args.max_waiting,
         "phases": [result.row() for result in results],
         "shedding_stopped_after_s": shedding_stopped_after(results, 1, args.time_scale),
-        "per_second": per_second(results, args.time_scale),
+        "per_interval": per_interval(results, args.time_scale),
     }
 
 

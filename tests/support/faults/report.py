@@ -101,11 +101,12 @@ def _load(load: dict[str, Any]) -> list[str]:
     if not load:
         return []
     stopped = load.get("shedding_stopped_after_s")
-    recovered = (
-        f"shedding stopped {stopped:.0f} engine s after the rate dropped"
-        if stopped is not None
-        else "shedding had not stopped by the end of the recovery phase"
-    )
+    if stopped is None:
+        recovered = "shedding had not stopped by the end of the recovery phase"
+    elif stopped == 0:
+        recovered = "no request sent after the rate dropped was shed"
+    else:
+        recovered = f"shedding stopped {stopped:.0f} engine s after the rate dropped"
     return [
         "## Load",
         "",
@@ -117,7 +118,7 @@ def _load(load: dict[str, Any]) -> list[str]:
         "",
         *table(load["phases"], LOAD_COLUMNS),
         "",
-        "Admitted and shed per engine second: `reliability_load.png`.",
+        "Admitted and shed per 5 engine seconds: `reliability_load.png`.",
         "",
     ]
 
@@ -149,7 +150,7 @@ def _inputs(inputs: dict[str, Any]) -> list[str]:
 
 
 def plot_load(path: Path, load: dict[str, Any]) -> None:
-    """Admitted and shed requests per engine second, the phase change marked."""
+    """Admitted and shed requests per interval of sending, the phase change marked."""
     try:
         import matplotlib
 
@@ -157,15 +158,23 @@ def plot_load(path: Path, load: dict[str, Any]) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         raise RuntimeError("plots need matplotlib: pip install 'lamps-serving[plot]'") from None
-    series = load["per_second"]
-    seconds = [point["second"] for point in series]
+    series = load["per_interval"]
+    width = series[1]["start_s"] - series[0]["start_s"] if len(series) > 1 else 1.0
+    starts = [point["start_s"] for point in series]
+    admitted = [point["admitted"] for point in series]
     figure, axes = plt.subplots(figsize=(8, 3.5))
-    axes.bar(seconds, [p["admitted"] for p in series], width=1.0, label="admitted")
-    bottom = [p["admitted"] for p in series]
-    axes.bar(seconds, [p["shed"] for p in series], width=1.0, bottom=bottom, label="shed")
+    axes.bar(starts, admitted, width=width, align="edge", label="admitted")
+    axes.bar(
+        starts,
+        [p["shed"] for p in series],
+        width=width,
+        align="edge",
+        bottom=admitted,
+        label="shed (RESOURCE_EXHAUSTED)",
+    )
     axes.axvline(load["phases"][0]["duration_s"], color="black", linestyle="--", linewidth=1)
     axes.set_xlabel("engine seconds")
-    axes.set_ylabel("requests sent")
+    axes.set_ylabel(f"requests sent per {width:g} s")
     axes.set_title(
         f"2x then 0.5x of {load['sustainable_rate']:.2f} req/s, "
         f"--max-waiting-requests {load['max_waiting_requests']}"
