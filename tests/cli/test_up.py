@@ -26,6 +26,7 @@ from tests.support.redis import running_redis
 from tests.support.replay import replay
 
 TOKEN = "up-test-token"
+TENANT_TOKEN = "up-tenant-token"
 TIMEOUT_S = 60.0
 SCRIPT = ((20, "emulated.math", 1.0, 5), (30, "emulated.qa", 2.0, 12), (15, "", 0.0, 0))
 
@@ -47,7 +48,10 @@ def assert_all_gone(pids: Sequence[int]) -> None:
 @pytest.fixture(scope="module")
 def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LampsUp]:
     directory = tmp_path_factory.mktemp("lamps-up")
-    args = ("--port", "0", "--workers", "2", "--time-scale", "20", "--token", TOKEN)
+    args: tuple[str, ...] = ("--port", "0", "--workers", "2", "--time-scale", "20")
+    args += ("--token", TOKEN)
+    # A second --token gives a tenant its own; the limit is high enough to never shed here.
+    args += ("--token", f"alice={TENANT_TOKEN}", "--max-waiting-requests", "1000")
     with lamps_up(directory, *args) as running:
         yield running
 
@@ -79,6 +83,19 @@ async def test_clients_without_the_token_are_refused(system: LampsUp) -> None:
         with pytest.raises(grpc.RpcError) as refused:
             await client.status()
     assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_a_repeated_token_gives_a_tenant_its_own_requests(system: LampsUp) -> None:
+    request = pb.GenerateRequest(prompt="mine", replay=replay((5, "", 0.0, 0)))
+    async with (
+        RawClient(system.target, TENANT_TOKEN) as alice,
+        RawClient(system.target, TOKEN) as other,
+    ):
+        request_id = await alice.submit(request)
+        with pytest.raises(grpc.RpcError) as hidden:
+            await other.watch(request_id)
+        assert hidden.value.code() == grpc.StatusCode.NOT_FOUND
+        assert finished(await alice.watch(request_id)).state == cpb.REQUEST_STATE_FINISHED
 
 
 async def test_a_request_with_tool_calls_completes(system: LampsUp) -> None:

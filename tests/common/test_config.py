@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from lamps.common import config as cfg
+from lamps.common.tenants import TokenEntry, parse_entries
 from lamps.scheduler.config import SchedulerConfig
 from tests.support.processes import lamps_command
 
@@ -103,3 +104,41 @@ def test_cli_reports_a_bad_flag_and_exits_2() -> None:
     )
     assert result.returncode == 2
     assert "--port='abc' is not an integer" in result.stderr
+
+
+def test_token_flags_repeat_and_name_tenants(tmp_path: Path) -> None:
+    tokens_file = tmp_path / "tokens"
+    tokens_file.write_text("# tenants of the staging cluster\ncarol=carol-tok\n\nshared-b\n")
+    flags = ["--auth-tokens", "alice=tok1", "--auth-tokens", "bob=tok2,shared-a"]
+    flags += ["--auth-tokens-file", str(tokens_file)]
+    config = cfg.load(SchedulerConfig, parse_flags(SchedulerConfig, flags), {})
+    entries = parse_entries(config.client_tokens())
+    assert [(e.tenant, e.token) for e in entries] == [
+        ("alice", "tok1"),
+        ("bob", "tok2"),
+        ("", "shared-a"),
+        ("carol", "carol-tok"),
+        ("", "shared-b"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("entry", "tenant", "token"),
+    [
+        ("alice=s3cret", "alice", "s3cret"),
+        ("plain-token", "", "plain-token"),
+        ("Zm9vYmE=", "", "Zm9vYmE="),  # base64 padding is not a tenant
+        ("Zm9vYg==", "", "Zm9vYg=="),
+        ("=token", "", "=token"),
+        ("team.a-1=x=y", "team.a-1", "x=y"),
+    ],
+)
+def test_token_entries_name_a_tenant_only_before_a_plain_equals_sign(
+    entry: str, tenant: str, token: str
+) -> None:
+    assert TokenEntry.parse(entry) == TokenEntry(token=token, tenant=tenant)
+
+
+def test_one_token_for_two_tenants_is_refused_at_start_up() -> None:
+    with pytest.raises(cfg.ConfigError, match="one token is given to two tenants"):
+        cfg.load(SchedulerConfig, None, {"LAMPS_AUTH_TOKENS": "alice=same,bob=same"})

@@ -3,6 +3,7 @@ Prometheus-operator) for every supported version, bad values are refused, names 
 
 from __future__ import annotations
 
+import base64
 import shutil
 import tomllib
 from pathlib import Path
@@ -102,6 +103,11 @@ def test_hpa_mode_scales_workers_on_an_external_metric_and_drops_fixed_replicas(
         ("predictor.port=70000", "predictor.port: Must be less than or equal to 65535"),
         ("logging.format=xml", 'logging.format must be one of the following: "json", "text"'),
         ("redis.external.url=http://x", "redis.external.url: Does not match pattern"),
+        ("auth.tenants={a=b}", "auth.tenants.0: Does not match pattern"),
+        (
+            "scheduler.maxWaitingRequests=-1",
+            "scheduler.maxWaitingRequests: Must be greater than or equal to 0",
+        ),
     ],
 )
 def test_values_outside_the_schema_are_refused_with_the_key_named(
@@ -272,6 +278,19 @@ def test_an_existing_auth_secret_replaces_the_generated_one() -> None:
         if (ref := e.get("valueFrom", {}).get("secretKeyRef")) and ref["key"] in tokens
     }
     assert refs == {"my-tokens"}
+
+
+def test_each_tenant_gets_its_own_token_which_the_scheduler_accepts_as_theirs() -> None:
+    manifests = render((), ("auth.tenants={alice,bob}", "scheduler.maxWaitingRequests=250"))
+    secret = find(manifests, "Secret", "auth")
+    data = {key: base64.b64decode(value).decode() for key, value in secret["data"].items()}
+    alice, bob = data["tenant-alice"], data["tenant-bob"]
+    assert alice != bob
+    assert data["client-tokens"] == f"alice={alice},bob={bob}"
+    (container,) = containers(find(manifests, "Deployment", "scheduler"))
+    env = {e["name"]: e for e in container["env"]}
+    assert env["LAMPS_AUTH_TOKENS"]["valueFrom"]["secretKeyRef"]["key"] == "client-tokens"
+    assert env["LAMPS_MAX_WAITING_REQUESTS"]["value"] == "250"
 
 
 @pytest.mark.parametrize("component", [*COMPONENTS, "redis"])

@@ -42,6 +42,9 @@ class LocalSystem:
     tool_runner: ServiceProcess | None = None
     scheduler: ServiceProcess | None = None
     workers: list[ServiceProcess] = field(default_factory=list)
+    # The scheduler's LAMPS_AUTH_TOKENS (CLIENT_TOKEN must stay among them) and extra flags.
+    client_tokens: str = CLIENT_TOKEN
+    scheduler_args: Sequence[str] = ()
 
     @property
     def target(self) -> str:
@@ -65,12 +68,16 @@ class LocalSystem:
                 *("--port", str(self.port), "--redis-url", self.redis_url),
                 *("--redis-prefix", self.prefix, "--worker-lease-seconds", "3"),
                 *("--tool-runner-address", self.tool_runner.target, *tls_args),
+                *self.scheduler_args,
             ),
-            env={"LAMPS_AUTH_TOKENS": CLIENT_TOKEN, "LAMPS_CLUSTER_TOKENS": CLUSTER_TOKEN},
+            env={"LAMPS_AUTH_TOKENS": self.client_tokens, "LAMPS_CLUSTER_TOKENS": CLUSTER_TOKEN},
         )
         return self.scheduler
 
-    def start_worker(self, worker_id: str, *args: str) -> ServiceProcess:
+    def start_worker(
+        self, worker_id: str, *args: str, cluster_token: str | None = CLUSTER_TOKEN
+    ) -> ServiceProcess:
+        """A sim worker; `cluster_token=None` starts it without one."""
         tls_args = []
         if self.ca_file is not None:
             tls_args = ["--scheduler-tls", "--scheduler-ca-file", str(self.ca_file)]
@@ -81,7 +88,7 @@ class LocalSystem:
                 *tls_args,
                 *args,
             ),
-            env={"LAMPS_CLUSTER_TOKEN": CLUSTER_TOKEN},
+            env={"LAMPS_CLUSTER_TOKEN": cluster_token} if cluster_token is not None else {},
         )
         self.workers.append(worker)
         return worker
@@ -112,10 +119,20 @@ def running_system(
     worker_args: Sequence[str] = ("--time-scale", "20"),
     tls: CertPair | None = None,
     ca_file: Path | None = None,
+    client_tokens: str = CLIENT_TOKEN,
+    scheduler_args: Sequence[str] = (),
 ) -> Iterator[LocalSystem]:
     """Tool runner (emulated tools 20x faster), scheduler and `workers` sim workers; with `tls`
-    (and the `ca_file` that signed it) the scheduler serves TLS."""
-    system = LocalSystem(directory=directory, redis_url=redis_url, tls=tls, ca_file=ca_file)
+    (and the `ca_file` that signed it) the scheduler serves TLS. `client_tokens` and
+    `scheduler_args` configure the scheduler (tenants, limits)."""
+    system = LocalSystem(
+        directory=directory,
+        redis_url=redis_url,
+        tls=tls,
+        ca_file=ca_file,
+        client_tokens=client_tokens,
+        scheduler_args=scheduler_args,
+    )
     try:
         system.tool_runner = system.spawn(
             lamps_command(*loopback_serve_args("tool-runner"), "--time-scale", "0.05")

@@ -6,7 +6,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lamps.client import DEFAULT_ADDRESS, TLS, AsyncClient, Client, LampsError, Unavailable
+from lamps.client import (
+    DEFAULT_ADDRESS,
+    TLS,
+    AsyncClient,
+    Client,
+    LampsError,
+    ResourceExhausted,
+    Unavailable,
+)
 from lamps.client.options import Connection
 
 
@@ -84,6 +92,12 @@ def report_error(command: str, target: str, error: LampsError) -> int:
     scheduler could not be reached; returns the exit status 1."""
     if isinstance(error, Unavailable):
         print(f"lamps {command}: cannot reach the scheduler at {target}: {error}", file=sys.stderr)
+    elif (
+        isinstance(error, ResourceExhausted)
+        and error.retry_after_s is not None
+        and "retry" not in error.message
+    ):
+        print(f"lamps {command}: {error}; retry in {error.retry_after_s:g} s", file=sys.stderr)
     else:
         print(f"lamps {command}: {error}", file=sys.stderr)
     return 1

@@ -137,7 +137,8 @@ class LocalSystem:
     async def _wait_for_workers(self, scheduler: Child) -> None:
         """Until the scheduler lists every worker READY (each said SERVING once registered)."""
         wanted = {parts.worker_id(i) for i in range(self.config.workers)}
-        metadata = (("authorization", f"Bearer {self.config.token}"),) if self.config.token else ()
+        token = self.config.probe_token
+        metadata = (("authorization", f"Bearer {token}"),) if token else ()
         deadline = time.monotonic() + self.config.ready_timeout
         ready: set[str] = set()
         last_error = ""

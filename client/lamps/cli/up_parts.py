@@ -102,7 +102,9 @@ def scheduler_part(
         LAMPS_TOOL_RUNNER_TOKEN=keys.internal_token,
     )
     if config.token:
-        env["LAMPS_AUTH_TOKENS"] = config.token
+        env["LAMPS_AUTH_TOKENS"] = ",".join(config.token)
+    if config.max_waiting_requests is not None:
+        argv += ["--max-waiting-requests", str(config.max_waiting_requests)]
     return Part("scheduler", tuple(argv), env, SCHEDULER_STAGE, service_probe)
 
 

@@ -18,6 +18,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from lamps.common.tenants import parse_entries, read_tokens_file
+
 ENV_PREFIX = "LAMPS_"
 
 C = TypeVar("C")
@@ -130,10 +132,13 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type[Any]) -> None:
                 help=help_text,
             )
         else:
+            # A list may be given as one comma-separated value or by repeating the flag.
+            repeated = typing.get_origin(inner) is tuple
             parser.add_argument(
                 flag_name(field.name),
                 dest=field.name,
                 default=None,
+                action="append" if repeated else "store",
                 metavar=field.name.upper(),
                 help=help_text,
             )
@@ -166,6 +171,8 @@ def load(
         if isinstance(raw, bool):
             values[field.name] = raw
             continue
+        if isinstance(raw, list):  # a repeated flag
+            raw = ",".join(raw)
         try:
             values[field.name] = _parser_for(tp)(raw)
         except ValueError as exc:
@@ -237,8 +244,14 @@ class ServerConfig:
     metrics_port: int = option(9400, "Prometheus HTTP port (/metrics); 0 picks a free one")
     auth_tokens: tuple[str, ...] = option(
         (),
-        "bearer tokens accepted from callers, comma-separated; none turns authentication off",
+        "bearer tokens accepted from callers, comma-separated (or the flag repeated); an entry "
+        "tenant=token gives the token to a tenant, a plain token to the shared tenant; none "
+        "turns authentication off",
         secret=True,
+    )
+    auth_tokens_file: Path | None = option(
+        None,
+        "file of more --auth-tokens entries, one per line (# starts a comment); read at start-up",
     )
     tls_cert_file: Path | None = option(
         None, "PEM certificate chain; with --tls-key-file, serve TLS"
@@ -275,10 +288,19 @@ class ServerConfig:
             raise ConfigError("--tls-cert-file and --tls-key-file must be given together")
         if self.tls_client_ca_file is not None and self.tls_cert_file is None:
             raise ConfigError("--tls-client-ca-file needs --tls-cert-file and --tls-key-file")
-        for name in ("tls_cert_file", "tls_key_file", "tls_client_ca_file"):
+        for name in ("tls_cert_file", "tls_key_file", "tls_client_ca_file", "auth_tokens_file"):
             path = getattr(self, name)
             if path is not None and not path.is_file():
                 raise ConfigError(f"{flag_name(name)}={path}: no such file")
+        try:
+            parse_entries(self.client_tokens())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"--auth-tokens: {exc}") from None
+
+    def client_tokens(self) -> tuple[str, ...]:
+        """The token entries of --auth-tokens and --auth-tokens-file together."""
+        from_file = () if self.auth_tokens_file is None else read_tokens_file(self.auth_tokens_file)
+        return (*self.auth_tokens, *from_file)
 
     @property
     def tls_enabled(self) -> bool:

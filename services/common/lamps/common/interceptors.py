@@ -1,4 +1,5 @@
-"""Server interceptors: request ids, metrics and access logs; bearer-token authentication.
+"""Server interceptors: request ids, metrics and access logs; bearer-token authentication
+(and the caller's tenant).
 
 Both sit on every RPC of the scheduler's hot path, so per-method work is done once: wrapped
 handlers and metric series are cached per method. Per call, `intercept_service` reads the
@@ -14,7 +15,7 @@ import hmac
 import inspect
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from types import TracebackType
@@ -25,6 +26,7 @@ from grpc import aio
 
 from lamps.common.context import REQUEST_ID_METADATA_KEY, new_request_id, request_id_var
 from lamps.common.metrics import GRPC_HANDLED, GRPC_HANDLING_SECONDS, GRPC_STARTED
+from lamps.common.tenants import SHARED_TENANT, parse_entries, tenant_var
 
 if TYPE_CHECKING:
     Handler = grpc.RpcMethodHandler[Any, Any]
@@ -268,30 +270,35 @@ _REFUSAL_INVALID = "invalid bearer token: it matches none this service accepts"
 class AuthInterceptor(_ServerInterceptor):
     """Requires `authorization: Bearer <token>` on the services that have tokens.
 
-    `tokens_by_service` maps a full service name (`lamps.v1.SchedulerService`) to the tokens it
-    accepts. Services not in the map, such as health checking and reflection, stay open so that
-    probes and tooling work without secrets. A call that passes gets the service's own handler
-    untouched; one that fails gets a handler (cached per method) that answers UNAUTHENTICATED.
+    `tokens_by_service` maps a full service name (`lamps.v1.SchedulerService`) to the token
+    entries it accepts (`token` or `tenant=token`, see lamps.common.tenants). Services not in the
+    map, such as health checking and reflection, stay open so that probes and tooling work
+    without secrets. A call that passes gets the service's own handler untouched, with its
+    token's tenant in `tenant_var`; one that fails gets a handler (cached per method) that
+    answers UNAUTHENTICATED.
     """
 
-    def __init__(self, tokens_by_service: Mapping[str, frozenset[str]]) -> None:
-        self._tokens = {
-            service: [t.encode() for t in tokens]
-            for service, tokens in tokens_by_service.items()
-            if tokens
-        }
+    def __init__(self, tokens_by_service: Mapping[str, Iterable[str]]) -> None:
+        self._tokens: dict[str, list[tuple[bytes, str]]] = {}
+        for service, entries in tokens_by_service.items():
+            parsed = parse_entries(entries)
+            if parsed:
+                self._tokens[service] = [(e.token.encode(), e.tenant) for e in parsed]
         self._refusals: dict[tuple[str, str], Handler] = {}
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
     ) -> Handler:
+        # Set on every call: the tenant of a call must never be an earlier call's.
+        tenant_var.set(SHARED_TENANT)
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
         accepted = self._tokens.get(MethodName.parse(method).service)
         if handler is None or not accepted:
             return handler
-        reason = self._refusal_reason(handler_call_details, accepted)
+        tenant, reason = self._authenticate(handler_call_details, accepted)
         if reason is None:
+            tenant_var.set(tenant)
             return handler
         refusal = self._refusals.get((method, reason))
         if refusal is None:
@@ -300,13 +307,18 @@ class AuthInterceptor(_ServerInterceptor):
         return refusal
 
     @staticmethod
-    def _refusal_reason(details: grpc.HandlerCallDetails, accepted: list[bytes]) -> str | None:
+    def _authenticate(
+        details: grpc.HandlerCallDetails, accepted: list[tuple[bytes, str]]
+    ) -> tuple[str, str | None]:
+        """(the token's tenant, None) or ("", why the call is refused)."""
         scheme, _, token = (metadata_value(details, "authorization") or "").partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
-            return _REFUSAL_MISSING
+            return SHARED_TENANT, _REFUSAL_MISSING
         candidate = token.encode()
         # Compare against every token so the time taken does not tell which one nearly matched.
-        if any([hmac.compare_digest(candidate, expected) for expected in accepted]):
-            return None
-        return _REFUSAL_INVALID
+        matches = [hmac.compare_digest(candidate, expected) for expected, _ in accepted]
+        for matched, (_, tenant) in zip(matches, accepted, strict=True):
+            if matched:
+                return tenant, None
+        return SHARED_TENANT, _REFUSAL_INVALID

@@ -288,7 +288,7 @@ def services(config: PredictorConfig, predictor: Predictor) -> list[Service]:
             pb.DESCRIPTOR.services_by_name["PredictorService"],
             pb_grpc.add_PredictorServiceServicer_to_server,
             PredictorServicer(predictor),
-            config.auth_tokens,
+            config.client_tokens(),
         )
     ]
 

@@ -10,6 +10,11 @@ from lamps.common.config import ConfigError, ServerConfig, flag_name, option
 from lamps.model.cost import PROFILES
 from lamps.scheduler.policy import DEFAULT_STARVATION_THRESHOLD, POLICIES
 
+# Enough that a burst far larger than any worker pool holds is queued, not refused (the queue
+# costs a few KB of memory and Redis per request), yet small enough that a sustained overload
+# is shed within minutes instead of growing the queue, and every waiter's latency, without bound.
+DEFAULT_MAX_WAITING_REQUESTS = 10_000
+
 
 @dataclass(frozen=True)
 class SchedulerConfig(ServerConfig):
@@ -99,6 +104,12 @@ class SchedulerConfig(ServerConfig):
         32_768, "largest sampling.max_tokens accepted; also the default when a request sets 0"
     )
     max_replay_segments: int = option(1024, "most segments in a replay script")
+    max_waiting_requests: int = option(
+        DEFAULT_MAX_WAITING_REQUESTS,
+        "requests that may wait for a worker (queued, starved lane, being accepted) before new "
+        "Generate and Submit calls are refused with RESOURCE_EXHAUSTED and a retry-after hint; "
+        "0: no limit",
+    )
     retention_seconds: float = option(
         86400.0, "how long the record and event log of an ended request are kept"
     )
@@ -133,6 +144,8 @@ class SchedulerConfig(ServerConfig):
         for name in ("max_prompt_chars", "max_prompt_tokens", "max_tokens_limit"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{flag_name(name)} must be at least 1")
+        if self.max_waiting_requests < 0:
+            raise ConfigError("--max-waiting-requests must be 0 (no limit) or more")
         if self.max_replay_segments < 1:
             raise ConfigError("--max-replay-segments must be at least 1")
         if self.report_interval_seconds >= self.worker_lease_seconds:

@@ -113,6 +113,8 @@ class Job:
     idempotency_key: str = ""
     # Digest of the request body, to tell a retry from a different request under the same key.
     digest: str = ""
+    # Who submitted it ("" for the shared tenant): only that tenant may read or cancel it.
+    tenant: str = ""
     # The event log: `events` are those this process holds, from offset `events_base`; the
     # first `published` offsets are durable and may be shown to clients.
     events: list[cpb.RequestEvent] = field(default_factory=list)
@@ -243,6 +245,7 @@ class Job:
             "error_message": self.error_message,
             "idempotency_key": self.idempotency_key,
             "digest": self.digest,
+            "tenant": self.tenant,
             "next_offset": self.next_offset,
         }
         return json.dumps(state, separators=(",", ":")).encode()

@@ -26,8 +26,10 @@ from dataclasses import dataclass
 
 import grpc
 
+from lamps.common.tenants import SHARED_TENANT
 from lamps.model.cost import CostModel
 from lamps.scheduler import metrics
+from lamps.scheduler.admission import AdmissionGate
 from lamps.scheduler.clients import (
     PredictionInput,
     PredictorClient,
@@ -97,6 +99,8 @@ class Settings:
     # Engine seconds per wall second (DESIGN.md section 10: sped-up benchmarks).
     time_scale: float = 1.0
     replay_predictions: ReplayPredictions = ReplayPredictions.BINNED
+    # Requests that may wait for a worker before new ones are shed; 0: no limit.
+    max_waiting_requests: int = 0
 
 
 class Scheduler(ReportHandler):
@@ -145,6 +149,9 @@ class Scheduler(ReportHandler):
         self._stored_queue: set[str] = set()
         self._closing = False
         self._waiting: set[asyncio.Future[None]] = set()
+        self.admission = AdmissionGate(settings.max_waiting_requests)
+        # Submissions on their way into the queue (being predicted, or waiting for a round).
+        self._incoming = 0
 
     @property
     def report_interval_s(self) -> float:
@@ -259,18 +266,24 @@ class Scheduler(ReportHandler):
 
     # Submission --------------------------------------------------------------------------------
 
-    async def submit(self, request: pb.GenerateRequest, key: str = "") -> tuple[str, bool]:
-        """Validate, persist and queue a request; (its id, False if `key` matched an earlier
-        submission of the same body)."""
+    async def submit(
+        self, request: pb.GenerateRequest, key: str = "", tenant: str = SHARED_TENANT
+    ) -> tuple[str, bool]:
+        """Validate, persist and queue a request of `tenant`; (its id, False if `key` matched
+        an earlier submission of the same body by the same tenant). A known key is answered
+        even when the admission limit sheds new requests."""
         self.require_leader()
         budget = validate_generate(request, self.settings.limits, self.tools.known)
         digest = ""
         if key:
             digest = hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest()
             validate_idempotency_key(key)
-            existing = await self._known_key(key, digest)
+            existing = await self._known_key(_scoped(tenant, key), digest, key)
             if existing is not None:
                 return existing, False
+            key = _scoped(tenant, key)
+        # No await between the check and the intake: concurrent calls cannot overshoot.
+        self.admission.check(self.waiting)
         job = Job(
             request_id=uuid.uuid4().hex,
             request=request,
@@ -279,12 +292,14 @@ class Scheduler(ReportHandler):
             prompt_tokens=prompt_token_count(request),
             idempotency_key=key,
             digest=digest,
+            tenant=tenant,
         )
         if key:
             self._keys[key] = (job.request_id, digest)
         accepted = asyncio.get_running_loop().create_future()
         self._accepting[job.request_id] = accepted
         self._intake.append(job)
+        self._incoming += 1
         self._intake_ready.set()
         try:
             await accepted
@@ -292,7 +307,12 @@ class Scheduler(ReportHandler):
             self._accepting.pop(job.request_id, None)
         return job.request_id, True
 
-    async def _known_key(self, key: str, digest: str) -> str | None:
+    @property
+    def waiting(self) -> int:
+        """Requests accepted or being accepted that wait for a worker (the admission count)."""
+        return len(self.queue) + self._incoming
+
+    async def _known_key(self, key: str, digest: str, shown: str) -> str | None:
         while (pending := self._key_checks.get(key)) is not None:
             await pending
         if key not in self._keys:
@@ -312,7 +332,7 @@ class Scheduler(ReportHandler):
         if known_digest and known_digest != digest:
             raise RequestError(
                 grpc.StatusCode.ALREADY_EXISTS,
-                f"idempotency key {key!r} was used for a different request ({request_id}); "
+                f"idempotency key {shown!r} was used for a different request ({request_id}); "
                 "use a new key for a new request",
             )
         return request_id
@@ -340,6 +360,7 @@ class Scheduler(ReportHandler):
             self._wake.set()
 
     def _accept(self, job: Job, now: float) -> None:
+        self._incoming -= 1
         self.jobs[job.request_id] = job
         self._unsaved.add(job.request_id)
         self._plan(job, now)
@@ -451,6 +472,7 @@ class Scheduler(ReportHandler):
         )
         self._touch(job)
         metrics.ADMITTED.inc()
+        self.admission.admitted()
 
     def _admit_message(self, job: Job) -> pb.Admit:
         request = job.request
@@ -664,7 +686,7 @@ class Scheduler(ReportHandler):
         worker.in_tool.discard(request_id)
         worker.reserved.pop(request_id, None)
 
-    async def cancel(self, request_id: str) -> int:
+    async def cancel(self, request_id: str, tenant: str = SHARED_TENANT) -> int:
         """Cancel wherever the request is; its state afterwards."""
         self.require_leader()
         job = self.jobs.get(request_id)
@@ -672,7 +694,8 @@ class Scheduler(ReportHandler):
             stored = await self.store.record(request_id)
             if stored is None:
                 raise RequestError(grpc.StatusCode.NOT_FOUND, _unknown(request_id))
-            return Job.from_record(request_id, stored).state
+            return _owned(Job.from_record(request_id, stored), tenant).state
+        _owned(job, tenant)
         if not job.ended:
             self._finish(job, CANCELLED, cpb.FINISH_REASON_CANCELLED)
             await self.wait_committed()
@@ -680,16 +703,18 @@ class Scheduler(ReportHandler):
 
     # Reading -----------------------------------------------------------------------------------
 
-    async def record(self, request_id: str) -> pb.RequestRecord:
+    async def record(self, request_id: str, tenant: str = SHARED_TENANT) -> pb.RequestRecord:
         job = self.jobs.get(request_id) if self.leader else None
         if job is None:
             stored = await self.store.record(request_id)
             if stored is None:
                 raise RequestError(grpc.StatusCode.NOT_FOUND, _unknown(request_id))
             job = Job.from_record(request_id, stored)
-        return job.to_record(time.time())
+        return _owned(job, tenant).to_record(time.time())
 
-    async def watch(self, request_id: str, from_offset: int) -> AsyncIterator[cpb.RequestEvent]:
+    async def watch(
+        self, request_id: str, from_offset: int, tenant: str = SHARED_TENANT
+    ) -> AsyncIterator[cpb.RequestEvent]:
         """The request's events from `from_offset`, following new ones until it ends."""
         job = self.jobs.get(request_id) if self.leader else None
         if job is None:
@@ -699,6 +724,7 @@ class Scheduler(ReportHandler):
             job = Job.from_record(request_id, stored)
             if not job.ended:
                 self.require_leader()
+        _owned(job, tenant)
         async for event in follow(job, self.store, from_offset):
             yield event
 
@@ -754,6 +780,20 @@ class Scheduler(ReportHandler):
 def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
+
+
+def _scoped(tenant: str, key: str) -> str:
+    """An idempotency key as stored: each tenant's keys apart (keys cannot hold NUL); the shared
+    tenant's as they were before tenants existed."""
+    return f"{tenant}\0{key}" if tenant else key
+
+
+def _owned(job: Job, tenant: str) -> Job:
+    """`job` if `tenant` submitted it; otherwise NOT_FOUND, worded as for an unknown id, so no
+    tenant learns that another's request exists."""
+    if job.tenant != tenant:
+        raise RequestError(grpc.StatusCode.NOT_FOUND, _unknown(job.request_id))
+    return job
 
 
 def _unknown(request_id: str) -> str:

@@ -18,6 +18,10 @@ QUEUED_PER_WORKER = Gauge(
 )
 WORKERS = Gauge("lamps_scheduler_workers", "Connected workers, by state.", ["state"])
 ACCEPTED = Counter("lamps_scheduler_requests_accepted_total", "Requests accepted.")
+SHED = Counter(
+    "lamps_scheduler_requests_shed_total",
+    "Submissions refused with RESOURCE_EXHAUSTED because --max-waiting-requests were waiting.",
+)
 ADMITTED = Counter(
     "lamps_scheduler_admissions_total", "Admissions of requests to workers (re-admissions count)."
 )

@@ -16,7 +16,9 @@ import grpc
 from grpc import aio
 
 from lamps.common.channel import ClientTls
+from lamps.common.context import REQUEST_ID_METADATA_KEY, current_request_id
 from lamps.common.server import Server, ServerStartError, Service, serve
+from lamps.common.tenants import current_tenant
 from lamps.model.cost import get_profile
 from lamps.scheduler.clients import PredictorClient, ToolClient
 from lamps.scheduler.config import SchedulerConfig
@@ -35,6 +37,8 @@ log = logging.getLogger(__name__)
 
 Context = aio.ServicerContext[object, object]
 SERVICE_NAMES = ("lamps.v1.SchedulerService", "lamps.v1.WorkerGatewayService")
+# Whole seconds a shed client should wait before it retries (the SDK's ResourceExhausted reads it).
+RETRY_AFTER_METADATA_KEY = "retry-after"
 
 
 class SchedulerApp:
@@ -162,6 +166,7 @@ class SchedulerApp:
                 report_interval_s=config.report_interval_seconds,
                 time_scale=config.time_scale,
                 replay_predictions=ReplayPredictions(config.replay_predictions),
+                max_waiting_requests=config.max_waiting_requests,
             ),
             on_lost_leadership=_restart_as_standby,
         )
@@ -197,6 +202,14 @@ async def _abort(context: Context, error: RequestError | StoreError) -> None:
             "it accepted is kept",
         )
     else:
+        if error.retry_after_s is not None:
+            # Replaces the trailing metadata the observability interceptor set: keep its id.
+            context.set_trailing_metadata(
+                (
+                    (RETRY_AFTER_METADATA_KEY, str(error.retry_after_s)),
+                    (REQUEST_ID_METADATA_KEY, current_request_id() or ""),
+                )
+            )
         await context.abort(error.code, error.message)
 
 
@@ -211,8 +224,9 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
     ) -> AsyncIterator[pb.GenerateResponse]:
         try:
             scheduler = self._app.scheduler
-            request_id, _ = await scheduler.submit(request)
-            async for event in scheduler.watch(request_id, 0):
+            tenant = current_tenant()
+            request_id, _ = await scheduler.submit(request, tenant=tenant)
+            async for event in scheduler.watch(request_id, 0, tenant):
                 yield pb.GenerateResponse(event=event)
         except (RequestError, StoreError) as error:
             await _abort(context, error)
@@ -220,7 +234,7 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
     async def Submit(self, request: pb.SubmitRequest, context: Context) -> pb.SubmitResponse:
         try:
             request_id, created = await self._app.scheduler.submit(
-                request.request, request.idempotency_key
+                request.request, request.idempotency_key, current_tenant()
             )
         except (RequestError, StoreError) as error:
             await _abort(context, error)
@@ -231,7 +245,9 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
     ) -> AsyncIterator[pb.WatchResponse]:
         try:
             validate_request_id(request.request_id)
-            async for event in self._app.scheduler.watch(request.request_id, request.from_offset):
+            async for event in self._app.scheduler.watch(
+                request.request_id, request.from_offset, current_tenant()
+            ):
                 yield pb.WatchResponse(event=event)
         except (RequestError, StoreError) as error:
             await _abort(context, error)
@@ -239,7 +255,7 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
     async def Cancel(self, request: pb.CancelRequest, context: Context) -> pb.CancelResponse:
         try:
             validate_request_id(request.request_id)
-            state = await self._app.scheduler.cancel(request.request_id)
+            state = await self._app.scheduler.cancel(request.request_id, current_tenant())
         except (RequestError, StoreError) as error:
             await _abort(context, error)
         return pb.CancelResponse(state=state)  # type: ignore[arg-type]
@@ -249,7 +265,7 @@ class SchedulerServicer(pb_grpc.SchedulerServiceServicer):
     ) -> pb.GetRequestResponse:
         try:
             validate_request_id(request.request_id)
-            record = await self._app.scheduler.record(request.request_id)
+            record = await self._app.scheduler.record(request.request_id, current_tenant())
         except (RequestError, StoreError) as error:
             await _abort(context, error)
         return pb.GetRequestResponse(record=record)
@@ -335,7 +351,7 @@ def services(app: SchedulerApp) -> list[Service]:
             pb.DESCRIPTOR.services_by_name["SchedulerService"],
             pb_grpc.add_SchedulerServiceServicer_to_server,
             SchedulerServicer(app),
-            app.config.auth_tokens,
+            app.config.client_tokens(),
         ),
         Service.of(
             pb.DESCRIPTOR.services_by_name["WorkerGatewayService"],

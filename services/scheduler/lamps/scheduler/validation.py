@@ -20,10 +20,14 @@ MAX_STOP_SEQUENCES = 16
 class RequestError(Exception):
     """A request refused at the edge, with its status code."""
 
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+    def __init__(
+        self, code: grpc.StatusCode, message: str, retry_after_s: int | None = None
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        # Sent as the `retry-after` trailing metadata (whole seconds) when set.
+        self.retry_after_s = retry_after_s
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +147,9 @@ def _check_tools(request: pb.GenerateRequest, known: Collection[str] | None) -> 
 
 
 def validate_idempotency_key(key: str) -> None:
+    if "\0" in key:
+        # NUL separates a tenant from its keys in the store (see Scheduler.submit).
+        raise _invalid("the idempotency key contains a NUL character")
     if len(key) > MAX_IDEMPOTENCY_KEY_CHARS:
         raise _invalid(
             f"the idempotency key has {len(key)} characters; at most "

@@ -68,7 +68,7 @@ def services(config: ToolRunnerConfig, registry: ToolRegistry) -> list[Service]:
             pb.DESCRIPTOR.services_by_name["ToolRunnerService"],
             pb_grpc.add_ToolRunnerServiceServicer_to_server,
             ToolRunnerServicer(registry),
-            config.auth_tokens,
+            config.client_tokens(),
         )
     ]
 
