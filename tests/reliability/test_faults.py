@@ -16,6 +16,7 @@ from tests.support.faults.injectors import (
     DropClient,
     Fault,
     HangToolRunner,
+    KillActiveScheduler,
     KillBusyWorker,
     KillPart,
     NoFault,
@@ -46,7 +47,7 @@ def trace() -> Trace:
 
 FAULTS: list[Fault] = [
     NoFault(),
-    KillPart("scheduler", "SIGKILL the scheduler"),
+    KillActiveScheduler(),
     KillBusyWorker(),
     KillPart("redis", "SIGKILL Redis"),
     HangToolRunner(seconds=1.0),

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import grpc
+from grpc import aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from lamps.model.workload import Arrival
 from lamps.v1 import scheduler_pb2 as pb
@@ -23,6 +25,7 @@ from tests.support.faults.driver import Connection, Driver, DriveSettings, Progr
 from tests.support.faults.ledger import RequestLog, Tally, tally
 
 Endpoints = Callable[[], dict[str, Any]]
+SCHEDULER_SERVICE = "lamps.v1.SchedulerService"
 POLL_S = 0.05
 RECOVERY_TIMEOUT_S = 60.0
 
@@ -77,6 +80,44 @@ class KillPart:
         pid = context.pid(self.part)
         os.kill(pid, signal.SIGKILL)
         return f"SIGKILL {self.part} (pid {pid})"
+
+
+@dataclass(frozen=True)
+class KillActiveScheduler:
+    """SIGKILL the scheduler that leads: the only one, or of `lamps up --schedulers N`'s
+    replicas the one whose health says SERVING (a standby takes over)."""
+
+    name: str = "SIGKILL the active scheduler"
+
+    async def inject(self, context: FaultContext) -> str:
+        parts = context.endpoints()["parts"]
+        replicas = sorted(name for name in parts if name.startswith("scheduler"))
+        if len(replicas) == 1:
+            leader = replicas[0]
+            how = "restarted by lamps up"
+        else:
+            leader = await _leader(parts, replicas)
+            how = f"one of {len(replicas)} replicas; a standby takes over"
+        pid = int(parts[leader]["pid"])
+        os.kill(pid, signal.SIGKILL)
+        return f"SIGKILL {leader} (pid {pid}; {how})"
+
+
+async def _leader(parts: dict[str, Any], replicas: list[str]) -> str:
+    """The replica whose SchedulerService health says SERVING."""
+    async with asyncio.timeout(RECOVERY_TIMEOUT_S):
+        while True:
+            for name in replicas:
+                async with aio.insecure_channel(parts[name]["address"]) as channel:
+                    try:
+                        response = await health_pb2_grpc.HealthStub(channel).Check(
+                            health_pb2.HealthCheckRequest(service=SCHEDULER_SERVICE), timeout=2.0
+                        )
+                    except grpc.RpcError:
+                        continue
+                if response.status == health_pb2.HealthCheckResponse.SERVING:
+                    return name
+            await asyncio.sleep(POLL_S)
 
 
 @dataclass(frozen=True)
@@ -195,7 +236,7 @@ def standard_faults(hang_s: float) -> list[Fault]:
     """Issue 11's faults, baseline first, in the order the report lists them."""
     return [
         NoFault(),
-        KillPart("scheduler", "SIGKILL the active scheduler"),
+        KillActiveScheduler(),
         KillBusyWorker(),
         KillPart("redis", "SIGKILL Redis (restarted, AOF on)"),
         HangToolRunner(hang_s),
