@@ -22,6 +22,17 @@ LOAD_COLUMNS = (
 )
 
 
+# What the harness found, and what was done about it (kept in the report beside the numbers).
+FINDINGS = (
+    "SIGKILL of the scheduler lost requests (7 of 110 in the first run): a killed leader's "
+    "successor takes over only after the leader lease, so requests that ended on a worker "
+    "meanwhile were claimed in the worker's Register and then pruned from its journal as "
+    "older than a worker lease, never re-sent; the new leader kept them RUNNING forever. "
+    "Fixed in the worker (lamps.worker.outbox: a reconnect re-sends every claimed end and "
+    "restarts its lease), with a regression test in tests/worker/test_agent.py.",
+)
+
+
 def table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> list[str]:
     """A markdown table of `columns` of `rows`."""
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
@@ -67,6 +78,9 @@ def markdown(document: dict[str, Any]) -> str:
         *_faults(document.get("faults", []), settings),
         *_load(document.get("load", {})),
         *_inputs(document.get("inputs", {})),
+        "## Found and fixed",
+        "",
+        *(f"- {finding}" for finding in FINDINGS),
     ]
     return "\n".join(lines) + "\n"
 
