@@ -61,13 +61,20 @@ def test_up_prints_where_it_serves_and_writes_endpoints(system: LampsUp) -> None
     assert f"LAMPS is up at {endpoints['scheduler']}" in system.banner
     assert system.banner[-1] == "Ctrl-C to stop."
     parts = endpoints["parts"]
-    assert set(parts) == {"redis", "predictor", "tool-runner", "scheduler", "worker-0", "worker-1"}
+    assert set(parts) == {
+        "redis",
+        "predictor",
+        "tool-runner",
+        "scheduler-0",
+        "worker-0",
+        "worker-1",
+    }
     assert endpoints["redis"] == "embedded"
     assert endpoints["auth"] is True
     for part in parts.values():
         assert alive(part["pid"])
         assert Path(part["log"]).is_file()
-    assert "scheduler ready in" in system.stderr
+    assert "scheduler-0 ready in" in system.stderr
 
 
 async def test_cluster_status_lists_every_worker_ready(system: LampsUp) -> None:
@@ -181,7 +188,7 @@ def test_a_part_that_cannot_start_stops_everything_and_exits_1(tmp_path: Path) -
         with lamps_up(tmp_path, *args, wait=False) as system:
             assert system.proc.wait(TIMEOUT_S) == 1
     stderr = system.stderr
-    assert "lamps up: scheduler " in stderr
+    assert "lamps up: scheduler-0 " in stderr
     assert "the last lines of" in stderr
     assert "Address already in use" in stderr  # from the tail of its log
     assert "starting worker-0" not in stderr

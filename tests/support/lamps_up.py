@@ -13,7 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from lamps.common.channel import ClientTls, open_channel
 from tests.support.processes import REPO_ROOT, lamps_command
+
+SCHEDULER_SERVICE = "lamps.v1.SchedulerService"
 
 BANNER_END = "Ctrl-C to stop."
 STOP_TIMEOUT_S = 60.0
@@ -66,10 +72,39 @@ class LampsUp:
             return [part["pid"] for part in self.endpoints()["parts"].values()]
         return [int(pid) for pid in re.findall(r"\(pid (\d+)\)", self.stderr)]
 
+    def part(self, name: str) -> dict[str, Any]:
+        """One part as endpoints.json describes it now (address, pid, ...)."""
+        described: dict[str, Any] = self.endpoints()["parts"][name]
+        return described
+
+    def schedulers(self) -> list[str]:
+        """The scheduler replicas' part names, scheduler-0 first."""
+        return sorted(name for name in self.endpoints()["parts"] if name.startswith("scheduler-"))
+
     def stop(self, signum: int = signal.SIGTERM) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signum)
         return self.proc.wait(STOP_TIMEOUT_S)
+
+
+async def serves(address: str, service: str, tls: ClientTls | None = None) -> bool:
+    """Whether the server at `address` says SERVING for `service` (a scheduler replica: whether
+    it leads)."""
+    async with open_channel(address, tls=tls) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        try:
+            response = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+        except grpc.RpcError:
+            return False
+    return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+async def leading_scheduler(system: LampsUp, tls: ClientTls | None = None) -> str:
+    """The part name of the scheduler replica that leads now."""
+    for name in system.schedulers():
+        if await serves(system.part(name)["address"], SCHEDULER_SERVICE, tls):
+            return name
+    raise AssertionError("no scheduler replica leads")
 
 
 @contextmanager

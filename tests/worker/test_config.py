@@ -40,6 +40,11 @@ def test_defaults_and_environment_names() -> None:
     assert WorkerConfig(worker_id="pod-7").resolved_worker_id == "pod-7"
 
 
+def test_scheduler_replicas_are_given_as_several_addresses() -> None:
+    replicas = "ipv4:127.0.0.1:50051,127.0.0.1:50061"
+    assert WorkerConfig(scheduler_address=replicas).scheduler_address == replicas
+
+
 def test_tls_to_the_scheduler_is_on_when_asked_or_given_a_ca(tmp_path: Path) -> None:
     ca = tmp_path / "ca.pem"
     ca.write_text("x")
@@ -61,6 +66,7 @@ def test_tls_to_the_scheduler_is_on_when_asked_or_given_a_ca(tmp_path: Path) -> 
         ({"report_interval_seconds": 0.0}, "--report-interval-seconds=0.0 must be"),
         ({"drain_seconds": -1.0}, "--drain-seconds=-1.0 must be a number >= 0"),
         ({"scheduler_address": "scheduler"}, "--scheduler-address='scheduler' is not host:port"),
+        ({"scheduler_address": "ipv4:127.0.0.1:1,127.0.0.1"}, "nor several addresses as ipv4:"),
         ({"scheduler_cert_file": Path("/x")}, "must be given together"),
         ({"scheduler_ca_file": Path("/no/such.pem")}, "--scheduler-ca-file=/no/such.pem: no such"),
     ],

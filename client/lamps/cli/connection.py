@@ -23,7 +23,8 @@ def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("connection")
     group.add_argument(
         "--address",
-        help=f"the scheduler, host:port [env LAMPS_ADDRESS] (default: {DEFAULT_ADDRESS})",
+        help="the scheduler, host:port, or its replicas as ipv4:host:port,host:port (calls go to "
+        f"the one that leads) [env LAMPS_ADDRESS] (default: {DEFAULT_ADDRESS})",
     )
     group.add_argument(
         "--token",

@@ -52,6 +52,8 @@ class Part:
     # Parts start in increasing stage and stop in decreasing stage.
     stage: int
     probe: Probe
+    # Least wait before a restart after a crash (the backoff may be longer).
+    restart_delay_s: float = 0.0
 
     def pinned(self, port: int, metrics_port: int) -> Part:
         """The same part on the ports it got the first time, so that a restart keeps its
@@ -223,6 +225,7 @@ class Supervisor:
                 child, f"crashed {len(child.crashes)} times within {CRASH_WINDOW_S:g} s"
             )
         delay = min(FIRST_BACKOFF_S * 2 ** (len(child.crashes) - 1), MAX_BACKOFF_S)
+        delay = max(delay, child.part.restart_delay_s)
         self._say(f"{child.name} exited with status {status}; restarting in {delay:g} s")
         await asyncio.sleep(delay)
         child.part = child.part.pinned(child.port, child.metrics_port)

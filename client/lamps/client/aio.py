@@ -14,6 +14,7 @@ from lamps.client.errors import from_rpc_error
 from lamps.client.options import (
     DEFAULT_ADDRESS,
     DEFAULT_RECONNECT,
+    SCHEDULER_SERVICE,
     TLS,
     Connection,
     GenerateOptions,
@@ -53,7 +54,10 @@ class AsyncClient:
     ) -> None:
         self.target = target
         self._channel = open_channel(
-            target, token=token, tls=tls.client_tls() if tls is not None else None
+            target,
+            token=token,
+            tls=tls.client_tls() if tls is not None else None,
+            health_service=SCHEDULER_SERVICE,
         )
         self._stub = pb_grpc.SchedulerServiceStub(self._channel)
         self._timeout_s = timeout_s

@@ -18,6 +18,9 @@ from lamps.v1 import common_pb2 as cpb
 from lamps.v1 import scheduler_pb2 as pb
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
+# Of several scheduler addresses (`ipv4:h1:p1,h2:p2`), calls go to the one whose health says
+# this service is SERVING: the leader.
+SCHEDULER_SERVICE = "lamps.v1.SchedulerService"
 
 
 @dataclass(frozen=True)

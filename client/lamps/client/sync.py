@@ -14,6 +14,7 @@ from lamps.client.errors import from_rpc_error
 from lamps.client.options import (
     DEFAULT_ADDRESS,
     DEFAULT_RECONNECT,
+    SCHEDULER_SERVICE,
     TLS,
     Connection,
     GenerateOptions,
@@ -28,7 +29,7 @@ from lamps.client.types import (
     RequestRecord,
     Submitted,
 )
-from lamps.common.channel import CHANNEL_OPTIONS
+from lamps.common.channel import channel_options
 from lamps.v1 import scheduler_pb2 as pb
 from lamps.v1 import scheduler_pb2_grpc as pb_grpc
 
@@ -36,12 +37,11 @@ _T = TypeVar("_T")
 
 
 def _open_channel(target: str, tls: TLS | None) -> grpc.Channel:
-    options = list(CHANNEL_OPTIONS)
-    if tls is None:
+    client_tls = tls.client_tls() if tls is not None else None
+    options = channel_options(target, SCHEDULER_SERVICE, client_tls)
+    if client_tls is None:
         return grpc.insecure_channel(target, options=options)
-    if tls.server_name:
-        options.append(("grpc.ssl_target_name_override", tls.server_name))
-    return grpc.secure_channel(target, tls.client_tls().credentials(), options=options)
+    return grpc.secure_channel(target, client_tls.credentials(), options=options)
 
 
 class Client:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,58 @@ CHANNEL_OPTIONS: Sequence[tuple[str, Any]] = (
     ("grpc.min_reconnect_backoff_ms", 250),
     ("grpc.max_reconnect_backoff_ms", 2_000),
 )
+
+
+# gRPC's own form for several addresses of one service: `ipv4:10.0.0.1:50051,10.0.0.2:50051`.
+MULTI_ADDRESS_SCHEMES = ("ipv4", "ipv6")
+
+
+def several_addresses(target: str) -> bool:
+    """Whether `target` lists several addresses (`ipv4:h1:p1,h2:p2`): replicas of which only
+    the one whose health says SERVING (the leader) should get calls."""
+    scheme, _, rest = target.partition(":")
+    return scheme in MULTI_ADDRESS_SCHEMES and "," in rest
+
+
+def target_error(target: str) -> str | None:
+    """Why `target` is not `host:port` or gRPC's `ipv4:host:port,host:port` (to follow the
+    target in a message); None if it is."""
+    scheme, _, rest = target.partition(":")
+    addresses = rest.split(",") if scheme in MULTI_ADDRESS_SCHEMES else [target]
+    for address in addresses:
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit():
+            return "is not host:port, nor several addresses as ipv4:host:port,host:port"
+    return None
+
+
+def channel_options(
+    target: str, health_service: str | None = None, tls: ClientTls | None = None
+) -> list[tuple[str, Any]]:
+    """CHANNEL_OPTIONS, plus, for a target of several addresses, gRPC's client-side health
+    checking on `health_service`: calls go only to a replica that says SERVING for it (the
+    leader; standbys say NOT_SERVING), and follow a new leader as soon as it says so."""
+    options = list(CHANNEL_OPTIONS)
+    several = several_addresses(target)
+    if health_service and several:
+        config = {
+            # pick_first ignores health; round_robin over the healthy ones is "the leader".
+            "loadBalancingConfig": [{"round_robin": {}}],
+            "healthCheckConfig": {"serviceName": health_service},
+        }
+        options.append(("grpc.service_config", json.dumps(config)))
+    if tls is not None:
+        # gRPC checks the certificate against the target's authority, which for several
+        # addresses is the whole list: expect the first address's host instead.
+        name = tls.server_name or (_first_host(target) if several else None)
+        if name:
+            options.append(("grpc.ssl_target_name_override", name))
+    return options
+
+
+def _first_host(target: str) -> str:
+    first = target.partition(":")[2].split(",")[0]
+    return first.rpartition(":")[0].strip("[]")
 
 
 @dataclass(frozen=True)
@@ -110,14 +163,17 @@ _TOKEN_INTERCEPTORS = (_UnaryUnaryToken, _UnaryStreamToken, _StreamUnaryToken, _
 
 
 def open_channel(
-    target: str, *, token: str | None = None, tls: ClientTls | None = None
+    target: str,
+    *,
+    token: str | None = None,
+    tls: ClientTls | None = None,
+    health_service: str | None = None,
 ) -> aio.Channel:
-    """An aio channel to `target` (host:port) sending `token` on every call, over TLS if given."""
+    """An aio channel to `target` sending `token` on every call, over TLS if given. A target of
+    several addresses (`ipv4:h1:p1,h2:p2`) reaches the one that serves `health_service`."""
     # The stubs type `interceptors` loosely; any of the four interceptor kinds is accepted.
     interceptors = cast(Any, [kind(token) for kind in _TOKEN_INTERCEPTORS] if token else None)
-    options = list(CHANNEL_OPTIONS)
+    options = channel_options(target, health_service, tls)
     if tls is None:
         return aio.insecure_channel(target, options=options, interceptors=interceptors)
-    if tls.server_name:
-        options.append(("grpc.ssl_target_name_override", tls.server_name))
     return aio.secure_channel(target, tls.credentials(), options=options, interceptors=interceptors)

@@ -101,6 +101,9 @@ class Server:
         self._server: aio.Server | None = None
         self._metrics: MetricsEndpoint | None = None
         self._abandon: asyncio.Future[None] | None = None
+        # Services set NOT_SERVING by `set_serving` before the server started (a standby
+        # scheduler learns its role in its lifespan): start-up must not mark them SERVING.
+        self._held_back: set[str] = set()
         self.port = 0
         self.metrics_port = 0
 
@@ -137,7 +140,8 @@ class Server:
 
     async def _set_serving(self) -> None:
         for name in ("", *(s.name for s in self.services)):
-            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+            if name not in self._held_back:
+                await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
     async def _serve_when_ready(self, readiness: Readiness) -> None:
         await readiness()
@@ -231,6 +235,10 @@ class Server:
             else health_pb2.HealthCheckResponse.NOT_SERVING
         )
         for name in names:
+            if serving:
+                self._held_back.discard(name)
+            else:
+                self._held_back.add(name)
             await self._health.set(name, status)
 
     def _cut_drain_short(self) -> None:

@@ -136,9 +136,9 @@ class RedisDurationStore(DurationStore):
     """Statistics in Redis hashes `<prefix><tool>`, shared by every predictor replica."""
 
     def __init__(self, url: str, prefix: str = REDIS_KEY_PREFIX) -> None:
-        import redis.asyncio as aioredis
+        from lamps.common.redis_client import open_redis
 
-        self._client: Any = aioredis.from_url(url, decode_responses=True)
+        self._client: Any = open_redis(url, decode_responses=True)
         self._prefix = prefix
         self._update = self._client.register_script(_UPDATE_SCRIPT)
 

@@ -28,6 +28,8 @@ from lamps.v1 import tool_runner_pb2_grpc as tpb_grpc
 log = logging.getLogger(__name__)
 # How long a tool call waits for an unreachable tool runner before failing with a readable error.
 TOOL_CONNECT_TIMEOUT_S = 3.0
+# How much longer than the tool timeout an Execute may take (at most; and at most the timeout).
+EXECUTE_SLACK_S = 5.0
 
 # Defaults when no model predicts: the traces' typical decode segment (PAPER.md section 3).
 DEFAULT_PRE_CALL_TOKENS = 95
@@ -272,20 +274,20 @@ class ToolClient:
                 time.monotonic() - started,
             )
         try:
-            response = await self._stub.Execute(request, timeout=self._timeout_s + 5.0)
+            # The runner's own timeout answers first, saying which tool ran too long; this
+            # deadline ends a call to a runner that hangs, a bounded time after that.
+            deadline = self._timeout_s + min(EXECUTE_SLACK_S, self._timeout_s)
+            response = await self._stub.Execute(request, timeout=deadline)
         except aio.AioRpcError as exc:
-            code = (
-                cpb.TOOL_ERROR_CODE_TIMEOUT
-                if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-                else cpb.TOOL_ERROR_CODE_UNAVAILABLE
-            )
+            if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                code = cpb.TOOL_ERROR_CODE_TIMEOUT
+                why = f"the tool runner did not answer within {deadline:g} s"
+            else:
+                code = cpb.TOOL_ERROR_CODE_UNAVAILABLE
+                why = f"the tool runner could not be reached ({exc.code().name}: {exc.details()})"
             metrics.TOOL_ERRORS.labels(code=cpb.ToolErrorCode.Name(code)).inc()
             return _tool_error(
-                call,
-                code,
-                f"tool {call.name!r} failed: the tool runner could not be reached "
-                f"({exc.code().name}: {exc.details()})",
-                time.monotonic() - started,
+                call, code, f"tool {call.name!r} failed: {why}", time.monotonic() - started
             )
         result = response.result
         if result.HasField("error") and result.error.code:

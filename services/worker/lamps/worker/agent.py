@@ -63,6 +63,8 @@ FINAL_REPORT_S = 10.0
 CLOSE_S = 5.0
 # A scheduler that takes longer than this to answer a Register is treated as unreachable.
 REGISTER_TIMEOUT_S = 30.0
+# Of several scheduler addresses, the worker connects to the one serving this: the leader.
+GATEWAY_SERVICE = "lamps.v1.WorkerGatewayService"
 # The end of a stream read with `read()` (grpc's typing stubs do not declare it).
 EOF: Any = aio.EOF  # type: ignore[attr-defined]
 
@@ -246,7 +248,9 @@ class Agent:
         shutdown, closes cleanly (returns)."""
         token = self.config.cluster_token or None
         tls = self.config.scheduler_client_tls
-        async with open_channel(self.config.scheduler_address, token=token, tls=tls) as channel:
+        async with open_channel(
+            self.config.scheduler_address, token=token, tls=tls, health_service=GATEWAY_SERVICE
+        ) as channel:
             # No request iterator: the agent writes and reads the stream itself.
             stub: Any = pb_grpc.WorkerGatewayServiceStub(channel)
             call = stub.Connect()

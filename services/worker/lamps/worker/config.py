@@ -7,7 +7,7 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-from lamps.common.channel import ClientTls
+from lamps.common.channel import ClientTls, target_error
 from lamps.common.config import ConfigError, ServerConfig, flag_name, option
 
 ENGINES = ("sim", "vllm")
@@ -53,7 +53,11 @@ class WorkerConfig(ServerConfig):
     seed: int = option(0, "seed of sampling and of the sim engine's synthetic tokens")
 
     # The agent ----------------------------------------------------------------------------------
-    scheduler_address: str = option("127.0.0.1:50051", "the scheduler's WorkerGateway, host:port")
+    scheduler_address: str = option(
+        "127.0.0.1:50051",
+        "the scheduler's WorkerGateway, host:port; replicas as ipv4:host:port,host:port (the "
+        "worker connects to the one that leads)",
+    )
     cluster_token: str = option(
         "", "bearer token the scheduler's WorkerGateway expects from workers", secret=True
     )
@@ -101,9 +105,9 @@ class WorkerConfig(ServerConfig):
                 raise ConfigError(f"{flag_name(name)}={value} must be a number above 0")
         if not (self.drain_seconds >= 0 and math.isfinite(self.drain_seconds)):
             raise ConfigError(f"--drain-seconds={self.drain_seconds} must be a number >= 0")
-        host, _, port = self.scheduler_address.rpartition(":")
-        if not host or not port.isdigit():
-            raise ConfigError(f"--scheduler-address={self.scheduler_address!r} is not host:port")
+        error = target_error(self.scheduler_address)
+        if error is not None:
+            raise ConfigError(f"--scheduler-address={self.scheduler_address!r} {error}")
         if (self.scheduler_cert_file is None) != (self.scheduler_key_file is None):
             raise ConfigError(
                 "--scheduler-cert-file and --scheduler-key-file must be given together"

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
+from lamps.common.redis_client import open_redis
 from lamps.scheduler.queue.store import (
     Commit,
     NotLeaderError,
@@ -107,7 +107,7 @@ class RedisStore(Store):
         worker_lease_seconds: float = 10.0,
         retention_seconds: float = 86400.0,
     ) -> None:
-        self._client: Any = aioredis.from_url(url, decode_responses=False)
+        self._client: Any = open_redis(url, decode_responses=False)
         self._prefix = prefix
         self._worker_lease_ms = max(int(worker_lease_seconds * 1000), 1)
         self._retention_s = max(int(retention_seconds), 1)
