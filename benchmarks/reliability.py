@@ -3,7 +3,8 @@ benchmarks/reliability.md.
 
     python benchmarks/reliability.py --json benchmarks/reliability.json
 
-Faults: one `lamps up` (two sim workers, every part a real process on loopback) replays Poisson
+Faults: one `lamps up` (two sim workers, two scheduler replicas, every part a real process on
+loopback) replays Poisson
 arrivals of a bundled trace once per fault, through the fault harness of tests/support/faults:
 each request is submitted with an idempotency key of its own (retried with the same key while the
 scheduler is unreachable) and followed with Watch, resumed from its last offset. Mid-run the fault
@@ -51,11 +52,8 @@ from tests.support.faults.load import (  # noqa: E402
 from tests.support.lamps_up import LampsUp, lamps_up  # noqa: E402
 
 from lamps.cli.progress import progress_bar  # noqa: E402
-from lamps.cli.up_config import UpConfig  # noqa: E402
 from lamps.model.cost import get_profile  # noqa: E402
 from lamps.model.workload import load_trace, poisson_arrivals  # noqa: E402
-
-UP_FLAGS = {field.name for field in dataclasses.fields(UpConfig)}
 
 
 def main() -> int:
@@ -88,7 +86,15 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rate", type=float, default=4.0, help="fault runs: req per engine s")
     parser.add_argument("--duration", type=float, default=60.0, help="fault runs: engine s")
-    parser.add_argument("--hang", type=float, default=3.0, help="tool runner stopped (wall s)")
+    parser.add_argument(
+        "--tool-timeout", type=float, default=70.0, help="lamps up --tool-timeout-seconds"
+    )
+    parser.add_argument(
+        "--hang",
+        type=float,
+        default=15.0,
+        help="wall s the tool runner stays stopped (past the tool timeout: calls time out)",
+    )
     parser.add_argument("--load-duration", type=float, default=120.0, help="engine s per phase")
     parser.add_argument("--kv-tokens", type=int, default=4000, help="load: the worker's KV")
     parser.add_argument("--max-waiting", type=int, default=16, help="load: admission limit")
@@ -130,9 +136,11 @@ def _settings(args: argparse.Namespace, label: str) -> DriveSettings:
 
 async def _faults(args: argparse.Namespace) -> list[dict[str, Any]]:
     trace = load_trace(args.trace)
-    up = ["--workers", "2", "--time-scale", str(args.time_scale)]
-    if "schedulers" in UP_FLAGS:  # a standby takes over from a killed leader
-        up += ["--schedulers", "2"]
+    up = [
+        *("--workers", "2", "--schedulers", "2", "--time-scale", str(args.time_scale)),
+        # Above the trace's longest call (60 s): only a hung tool runner times calls out.
+        *("--tool-timeout-seconds", str(args.tool_timeout)),
+    ]
     rows = []
     with _system(*up) as system:
         for index, fault in enumerate(standard_faults(args.hang)):
@@ -164,9 +172,6 @@ async def _faults(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 async def _load(args: argparse.Namespace) -> dict[str, Any]:
-    if "max_waiting_requests" not in UP_FLAGS:
-        _say("load: this lamps up has no --max-waiting-requests; skipped")
-        return {}
     trace = load_trace(args.trace)
     cost = get_profile("gptj-6b-a100").with_kv_tokens(args.kv_tokens)
     rate = sustainable_rate(trace, cost, workers=1, policy="lamps")

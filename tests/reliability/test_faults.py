@@ -1,6 +1,7 @@
-"""Issue 11's faults, each injected into a running `lamps up` (two sim workers) halfway through
-a replayed trace: whatever breaks, every request accepted ends exactly once, nothing is lost and
-nothing is repeated or skipped in what clients see (the harness: tests/support/faults)."""
+"""Issue 11's faults, each injected into a running `lamps up` (two sim workers, a leading and a
+standby scheduler) halfway through a replayed trace: whatever breaks, every request accepted
+ends exactly once, nothing is lost and nothing is repeated or skipped in what clients see (the
+harness: tests/support/faults)."""
 
 from __future__ import annotations
 
@@ -34,7 +35,10 @@ DURATION_S = 6.0
 @pytest.fixture(scope="module")
 def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LampsUp]:
     directory = tmp_path_factory.mktemp("faults")
-    args = ("--port", "0", "--workers", str(WORKERS), "--time-scale", str(TIME_SCALE))
+    args = (
+        *("--port", "0", "--workers", str(WORKERS), "--schedulers", "2"),
+        *("--time-scale", str(TIME_SCALE)),
+    )
     with lamps_up(directory, *args) as running:
         yield running
         assert running.stop() == 0, running.stderr

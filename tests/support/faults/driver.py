@@ -15,18 +15,19 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import grpc
-from grpc import aio
 
 from lamps.bench.workload import request_arguments
 from lamps.client import ResourceExhausted
 from lamps.client.errors import from_rpc_error
 from lamps.client.options import build_request
+from lamps.common.channel import open_channel
 from lamps.model.workload import Arrival
 from lamps.v1 import common_pb2 as cpb
 from lamps.v1 import scheduler_pb2 as pb
 from lamps.v1 import scheduler_pb2_grpc as pb_grpc
 from tests.support.faults.ledger import RequestLog
 
+SCHEDULER_SERVICE = "lamps.v1.SchedulerService"
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 # Called with (sent, accepted, ended, total).
 Progress = Callable[[int, int, int, int], None]
@@ -63,7 +64,8 @@ class Connection:
         self._open()
 
     def _open(self) -> None:
-        self.channel = aio.insecure_channel(self.target)
+        # With several scheduler replicas, calls go to the one whose health says it leads.
+        self.channel = open_channel(self.target, health_service=SCHEDULER_SERVICE)
         self.stub = pb_grpc.SchedulerServiceStub(self.channel)
 
     async def reconnect(self) -> None:
@@ -283,6 +285,10 @@ def see(log: RequestLog, event: cpb.RequestEvent) -> None:
         if delta.start_index != log.tokens:
             log.anomalies.append(f"token index {delta.start_index}, expected {log.tokens}")
         log.tokens = max(log.tokens, delta.start_index + len(delta.token_ids))
+    elif kind == "tool_call_finished":
+        result = event.tool_call_finished.result
+        if result.HasField("error") and result.error.code != cpb.TOOL_ERROR_CODE_UNSPECIFIED:
+            log.tool_errors.append(result.error.message)
     elif kind == "finished":
         end = event.finished
         log.terminal_events += 1

@@ -21,11 +21,16 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from lamps.model.workload import Arrival
 from lamps.v1 import scheduler_pb2 as pb
-from tests.support.faults.driver import Connection, Driver, DriveSettings, Progress
+from tests.support.faults.driver import (
+    SCHEDULER_SERVICE,
+    Connection,
+    Driver,
+    DriveSettings,
+    Progress,
+)
 from tests.support.faults.ledger import RequestLog, Tally, tally
 
 Endpoints = Callable[[], dict[str, Any]]
-SCHEDULER_SERVICE = "lamps.v1.SchedulerService"
 POLL_S = 0.05
 RECOVERY_TIMEOUT_S = 60.0
 

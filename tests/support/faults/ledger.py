@@ -40,6 +40,8 @@ class RequestLog:
     # What GetRequest said once the run drained ("" before the cross-check).
     recorded_state: str = ""
     resumes: int = 0
+    # Tool calls that ended in an error the model read (a tool runner that hung: a timeout).
+    tool_errors: list[str] = field(default_factory=list)
 
     @property
     def accepted(self) -> bool:
@@ -105,6 +107,7 @@ class Tally:
     duplicated_examples: list[str]
     shed_with_hint: int
     unaccepted: int
+    tool_errors: dict[str, int]
 
     @property
     def consistent(self) -> bool:
@@ -122,6 +125,8 @@ class Tally:
             "duplicated": self.duplicated,
             "shed": self.shed,
             "errors": self.errors,
+            "tool_errors": sum(self.tool_errors.values()),
+            "tool_error_messages": self.tool_errors,
         }
 
 
@@ -147,6 +152,7 @@ def tally(logs: list[RequestLog], examples: int = 3) -> Tally:
             1 for log in shed if log.retry_hints and log.retry_hints[-1] is not None
         ),
         unaccepted=sum(1 for log in logs if not log.accepted and not log.shed),
+        tool_errors=dict(Counter(error for log in logs for error in log.tool_errors)),
     )
 
 

@@ -98,9 +98,10 @@ def _faults(rows: list[dict[str, Any]], settings: dict[str, Any]) -> list[str]:
         "Watch, resumed from its last offset; GetRequest cross-checks each one at the end. "
         "*Lost*: accepted, and not ended by the drain deadline or unknown to GetRequest. "
         "*Duplicated*: two ids for one key, an event offset or token index repeated or skipped, "
-        "two ends, or a replay that did not generate exactly its script's tokens.",
+        "two ends, or a replay that did not generate exactly its script's tokens. *Tool errors*: "
+        "tool calls that ended in an error result the model read.",
         "",
-        *table(rows, (*FAULT_COLUMNS, "shed", "resumed_streams", "injected")),
+        *table(rows, (*FAULT_COLUMNS, "tool_errors", "resumed_streams", "injected")),
         "",
     ]
     for row in rows:
@@ -108,6 +109,8 @@ def _faults(rows: list[dict[str, Any]], settings: dict[str, Any]) -> list[str]:
             lines.append(f"- {row['fault']}: {example}")
         if row.get("errors"):
             lines.append(f"- {row['fault']}, failures: {_cell(row['errors'])}")
+        for message, count in row.get("tool_error_messages", {}).items():
+            lines.append(f"- {row['fault']}, {count} tool call(s) answered: {message}")
     return [*lines, ""] if lines[-1] != "" else lines
 
 
