@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import faulthandler
 import importlib
 import json
 import sys
@@ -57,6 +58,9 @@ from lamps.model.workload import load_trace, poisson_arrivals  # noqa: E402
 
 
 def main() -> int:
+    # A crash inside grpcio's C core (seen once, a client segfault during a failover) should at
+    # least say where the Python side was.
+    faulthandler.enable()
     args = _arguments()
     started = time.perf_counter()
     document: dict[str, Any] = {"settings": {k: str(v) for k, v in vars(args).items()}}
