@@ -52,6 +52,7 @@ def served(
         *loopback_serve_args("predictor"),
         *("--model", str(trained_model), "--max-batch", str(MAX_BATCH)),
         *("--batch-window-ms", "5000", "--max-prompt-chars", "200", "--max-inputs", "8"),
+        *("--max-outcomes", "8"),
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("LAMPS_")}
     with log_path.open("wb") as log_file:
@@ -130,6 +131,13 @@ async def test_calls_arriving_together_share_one_forward_pass(
         ([], "inputs is empty: send at least one PredictionInput"),
         (inputs(["sum " * 60]), "prompt of 240 characters exceeds --max-prompt-chars=200"),
         (inputs(["sum"] * 9), "9 inputs in one call; at most 8"),
+        # Bounds found by fuzzing.
+        (
+            [pb.PredictionInput(request_id="r" * 1_000_000, prompt="sum")],
+            "request_id has 1000000 characters; at most 128",
+        ),
+        (inputs(["sum"], tools=("math",) * 65), "65 tools listed; at most 64"),
+        (inputs(["sum"], tools=("m" * 1000,)), "tool names have at most 128 characters"),
     ],
 )
 async def test_bad_predict_requests_are_invalid_arguments(
@@ -150,9 +158,16 @@ async def test_bad_predict_requests_are_invalid_arguments(
         ),
         (
             pb.Outcome(request_id="x", tool="qa", call_duration_seconds=-1),
-            "must be a finite number >= 0, not -1.0",
+            "must be a finite number from 0 to 86400, not -1.0",
         ),
         (pb.Outcome(request_id="x", tool="qa", call_duration_seconds=math.nan), "not nan"),
+        # Found by fuzzing: a huge duration skewed the statistics, and a huge tool name quoted
+        # whole made a status message too long for its trailer.
+        (pb.Outcome(request_id="x", tool="qa", call_duration_seconds=1e308), "not 1e+308"),
+        (
+            pb.Outcome(request_id="x", tool="t" * 1_000_000, call_duration_seconds=1),
+            "... (1000000 chars)'; known tools",
+        ),
     ],
 )
 async def test_bad_outcomes_are_invalid_arguments_and_nothing_is_folded_in(
@@ -165,6 +180,16 @@ async def test_bad_outcomes_are_invalid_arguments_and_nothing_is_folded_in(
     assert message in (caught.value.details() or "")
     response = await stub.Predict(pb.PredictRequest(inputs=inputs(PROMPTS)), timeout=30)
     assert response.predictions[0].call_duration_seconds == pytest.approx(9e-5)
+
+
+async def test_an_outcome_batch_over_the_limit_is_an_invalid_argument(
+    stub: pb_grpc.PredictorServiceAsyncStub,
+) -> None:
+    outcomes = [pb.Outcome(request_id="x", tool="qa", call_duration_seconds=1)] * 9
+    with pytest.raises(aio.AioRpcError) as caught:
+        await stub.ReportOutcome(pb.ReportOutcomeRequest(outcomes=outcomes), timeout=10)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "9 outcomes in one call; at most 8" in (caught.value.details() or "")
 
 
 async def test_an_empty_outcome_batch_is_an_invalid_argument(

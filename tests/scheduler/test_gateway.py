@@ -8,6 +8,7 @@ import pytest
 from grpc import aio
 
 from lamps.common.channel import open_channel
+from lamps.scheduler import metrics
 from lamps.v1 import common_pb2 as cpb
 from lamps.v1 import scheduler_pb2 as pb
 from lamps.v1 import scheduler_pb2_grpc as pb_grpc
@@ -288,3 +289,52 @@ async def test_a_request_no_worker_can_serve_fails_and_does_not_block_the_queue(
     assert "no worker serves model 'no-such-model'" in end.error_message
     behind = await scheduler.submit(make_request())
     assert (await worker.expect("admit")).admit.request_id == behind
+
+
+@pytest.mark.parametrize(
+    ("register", "words"),
+    [
+        (pb.Register(model="m" * 1_000_000), "model and engine have at most 256"),
+        (pb.Register(held_request_ids=["r" * 1_000]), "held_request_ids lists at most"),
+    ],
+    ids=["huge-model", "huge-held-id"],
+)
+async def test_a_registration_with_oversized_fields_is_refused(
+    scheduler: RunningScheduler, register: pb.Register, words: str
+) -> None:
+    # Found by fuzzing: these were accepted and echoed into status and error messages.
+    register.worker_id = "pod-x"
+    register.kv.block_size, register.kv.total_blocks = 16, 64
+    register.max_running = 1
+    async with open_channel(scheduler.target) as channel:
+        call = pb_grpc.WorkerGatewayServiceStub(channel).Connect(
+            iter([pb.ConnectRequest(register=register)])
+        )
+        with pytest.raises(aio.AioRpcError) as caught:
+            await call.read()
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert words in (caught.value.details() or "")
+
+
+async def test_a_workers_strings_and_numbers_never_become_metric_labels_or_odd_reasons(
+    scheduler: RunningScheduler,
+) -> None:
+    # Found by fuzzing a worker: a refusal's free-form instruction and code became label values
+    # (a series per message), and a Completed with reason 99 was recorded as is.
+    worker = await scheduler.worker(auto=False)
+    request_id = await scheduler.submit(make_request())
+    await worker.expect("admit")
+    bogus = pb.Refused(instruction="x" * 10_000, code=12345, message="y" * 10_000)
+    await worker.report(pb.RequestUpdate(request_id=request_id, refused=bogus))
+    await worker.report(
+        pb.RequestUpdate(request_id=request_id, completed=pb.Completed(reason=99))  # type: ignore[arg-type]
+    )
+    end = (await scheduler.events(request_id))[-1].finished
+    assert (end.state, end.reason) == (cpb.REQUEST_STATE_FINISHED, cpb.FINISH_REASON_STOP)
+    labels = {
+        tuple(sorted(sample.labels.values()))
+        for family in metrics.REFUSED_INSTRUCTIONS.collect()
+        for sample in family.samples
+    }
+    assert ("UNKNOWN_CODE", "other") in labels
+    assert all(len(value) < 32 for pair in labels for value in pair)

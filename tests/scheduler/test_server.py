@@ -89,6 +89,36 @@ BAD_REQUESTS = {
         "below the 10 tokens",
     ),
     "empty label key": (pb.GenerateRequest(prompt="hi", labels={"": "x"}), INVALID, "label"),
+    # Bounds found by fuzzing (tests/fuzz): each was accepted, or answered with a status message
+    # so long (the whole string quoted back) that the client dropped it.
+    "replay longer than the token limit": (
+        replay((4000, "emulated.qa", 0, 1), (1000, "", 0, 0)),
+        INVALID,
+        "limit is 4096",
+    ),
+    "replay tool output above the context limit": (
+        replay((1, "emulated.qa", 0, 2**32 - 1), (1, "", 0, 0)),
+        INVALID,
+        "tool_output_tokens",
+    ),
+    "replay tool name of a megabyte": (
+        replay((1, "x" * 1_000_000, 0, 1), (1, "", 0, 0)),
+        INVALID,
+        "longer than 128",
+    ),
+    "tool name of a megabyte": (make_request(tools=["x" * 1_000_000]), INVALID, "at most 128"),
+    "too many tools": (make_request(tools=["calculator"] * 65), INVALID, "at most 64"),
+    "unknown tools are quoted short": (
+        make_request(tools=["y" * 100]),
+        INVALID,
+        "... (100 characters)",
+    ),
+    "model name of a megabyte": (make_request(model="m" * 1_000_000), INVALID, "at most 256"),
+    "stop sequence of a megabyte": (
+        pb.GenerateRequest(prompt="hi", sampling=cpb.SamplingParams(stop=["s" * 1_000_000])),
+        INVALID,
+        "at most 1024 characters",
+    ),
 }
 
 

@@ -39,6 +39,7 @@ class SiteHandler(BaseHTTPRequestHandler):
         "/redirect-out": "http://example.com/",
         "/redirect-private": "http://10.0.0.1/",
         "/redirect-loop": "/redirect-loop",
+        "/redirect-file": "file:///etc/passwd",
     }
 
     def do_GET(self) -> None:

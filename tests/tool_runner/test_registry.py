@@ -87,6 +87,14 @@ async def test_an_unknown_tool_names_the_tools_there_are() -> None:
     assert "echo, other" in outcome.message
 
 
+async def test_an_unknown_name_of_a_megabyte_is_quoted_short() -> None:
+    # Found by fuzzing: the whole name came back in the result (and went to the log).
+    outcome = await registry_with(FakeTool("echo")).execute("n" * 1_000_000, "{}")
+    assert outcome.error is ToolErrorCode.UNKNOWN_TOOL
+    assert "... (1000000 characters)'" in outcome.message
+    assert len(outcome.message) < 200
+
+
 async def test_a_call_without_a_name_is_invalid() -> None:
     outcome = await registry_with(FakeTool()).execute("", "{}")
     assert outcome.error is ToolErrorCode.INVALID_ARGUMENTS

@@ -137,6 +137,8 @@ async def test_a_redirect_inside_the_allowlist_is_followed(
         ("/redirect-out", "http://example.com is not on the tool runner's allowlist"),
         ("/redirect-private", "10.0.0.1 resolves to 10.0.0.1 (private address)"),
         ("/redirect-loop", "more than 3 redirects"),
+        # A redirect to another scheme is the site's failure, not the model's bad arguments.
+        ("/redirect-file", "redirected to a URL the tool does not follow"),
         ("/missing", "answered HTTP 404: no such page"),
         ("/image", "the response is image/png, not text"),
     ],

@@ -2,6 +2,7 @@
 
 Every service gets the same server: grpc.aio with health checking and reflection always on,
 Prometheus metrics over HTTP, request ids in logs, bearer-token auth where tokens are configured,
+INVALID_ARGUMENT for requests that cannot be decoded,
 TLS from certificate files, and a graceful drain on SIGTERM: health goes NOT_SERVING, calls in
 flight get `grace_seconds` to finish, then the service's resources close and the process exits 0.
 """
@@ -25,6 +26,7 @@ from grpc_reflection.v1alpha import reflection
 
 from lamps.common import config as cfg
 from lamps.common.channel import CHANNEL_OPTIONS
+from lamps.common.decoding import DecodingInterceptor
 from lamps.common.interceptors import AuthInterceptor, ObservabilityInterceptor
 from lamps.common.logs import configure_logging
 from lamps.common.metrics import BUILD_INFO, MetricsEndpoint, start_metrics_endpoint
@@ -153,6 +155,7 @@ class Server:
             interceptors=[
                 ObservabilityInterceptor(),
                 AuthInterceptor({s.name: s.auth_tokens for s in self.services}),
+                DecodingInterceptor(),
             ],
             options=SERVER_OPTIONS,
         )

@@ -37,6 +37,7 @@ class PredictorConfig(ServerConfig):
         "(accepted prompts are cut to the model's token limit, keeping their end)",
     )
     max_inputs: int = option(1024, "most prompts in one Predict call")
+    max_outcomes: int = option(4096, "most outcomes in one ReportOutcome call")
     redis_url: str | None = option(
         None,
         "Redis holding the per-tool call-duration statistics (redis://host:6379/0); without "
@@ -56,7 +57,13 @@ class PredictorConfig(ServerConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        positive = ("max_batch", "max_prompt_chars", "max_inputs", "duration_refresh_seconds")
+        positive = (
+            "max_batch",
+            "max_prompt_chars",
+            "max_inputs",
+            "max_outcomes",
+            "duration_refresh_seconds",
+        )
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{flag_name(name)} must be positive")

@@ -43,6 +43,17 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 NO_MODEL_VERSION = "none"
+MAX_REQUEST_ID_CHARS = 128
+MAX_TOOLS_PER_INPUT = 64
+MAX_TOOL_NAME_CHARS = 128
+# A day: longer than any tool timeout; a larger "duration" would only skew the statistics.
+MAX_CALL_SECONDS = 86_400.0
+# Client strings quoted back in an error are cut to this, so the status fits its trailer.
+QUOTE_CHARS = 64
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= QUOTE_CHARS else f"{text[:QUOTE_CHARS]}... ({len(text)} chars)"
 
 
 class Predictor:
@@ -239,6 +250,9 @@ class PredictorServicer(pb_grpc.PredictorServiceServicer):
                 "(split the batch, or raise --max-inputs)"
             )
         for index, item in enumerate(inputs):
+            problem = _check_input(item)
+            if problem:
+                return f"inputs[{index}]: {problem}"
             if len(item.prompt) > config.max_prompt_chars:
                 return (
                     f"inputs[{index}] (request {item.request_id!r}): prompt of "
@@ -268,18 +282,39 @@ class PredictorServicer(pb_grpc.PredictorServiceServicer):
         """The first problem in the batch; none is folded in unless all are valid."""
         if not outcomes:
             return "outcomes is empty: send at least one Outcome"
+        limit = self._predictor.config.max_outcomes
+        if len(outcomes) > limit:
+            return (
+                f"{len(outcomes)} outcomes in one call; at most {limit} (split the batch, or "
+                "raise --max-outcomes)"
+            )
         known = self._predictor.known_tools
         for index, outcome in enumerate(outcomes):
-            where = f"outcomes[{index}] (request {outcome.request_id!r})"
+            where = f"outcomes[{index}] (request {_short(outcome.request_id)!r})"
             if outcome.tool and outcome.tool not in known:
                 return (
-                    f"{where}: unknown tool {outcome.tool!r}; known tools: {', '.join(known)} "
-                    "(leave tool empty for a request that finished without a call)"
+                    f"{where}: unknown tool {_short(outcome.tool)!r}; known tools: "
+                    f"{', '.join(known)} (leave tool empty for a request that finished without "
+                    "a call)"
                 )
             seconds = outcome.call_duration_seconds
-            if outcome.tool and not (math.isfinite(seconds) and seconds >= 0):
-                return f"{where}: call_duration_seconds must be a finite number >= 0, not {seconds}"
+            if outcome.tool and not (math.isfinite(seconds) and 0 <= seconds <= MAX_CALL_SECONDS):
+                return (
+                    f"{where}: call_duration_seconds must be a finite number from 0 to "
+                    f"{MAX_CALL_SECONDS:g}, not {seconds}"
+                )
         return None
+
+
+def _check_input(item: pb.PredictionInput) -> str | None:
+    """What is wrong with one input beyond its prompt's length; None if nothing."""
+    if len(item.request_id) > MAX_REQUEST_ID_CHARS:
+        return f"request_id has {len(item.request_id)} characters; at most {MAX_REQUEST_ID_CHARS}"
+    if len(item.tools) > MAX_TOOLS_PER_INPUT:
+        return f"{len(item.tools)} tools listed; at most {MAX_TOOLS_PER_INPUT}"
+    if any(len(tool) > MAX_TOOL_NAME_CHARS for tool in item.tools):
+        return f"tool names have at most {MAX_TOOL_NAME_CHARS} characters"
+    return None
 
 
 def services(config: PredictorConfig, predictor: Predictor) -> list[Service]:

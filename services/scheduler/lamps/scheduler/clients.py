@@ -39,6 +39,8 @@ MAX_PREDICT_BATCH = 1024
 # The predictor's default --max-prompt-chars.
 PREDICTOR_PROMPT_CHARS = 100_000
 OUTCOME_FLUSH_SECONDS = 0.5
+# Outcomes per ReportOutcome call: below the predictor's --max-outcomes default (4096).
+MAX_OUTCOMES_PER_CALL = 1024
 TOOL_LIST_REFRESH_SECONDS = 30.0
 
 
@@ -188,8 +190,12 @@ class PredictorClient:
             self._flusher = None
 
     async def flush(self) -> None:
-        batch, self._outcomes = self._outcomes, []
-        if not batch or self._stub is None:
+        pending, self._outcomes = self._outcomes, []
+        for start in range(0, len(pending), MAX_OUTCOMES_PER_CALL):
+            await self._send(pending[start : start + MAX_OUTCOMES_PER_CALL])
+
+    async def _send(self, batch: list[ppb.Outcome]) -> None:
+        if self._stub is None:
             return
         try:
             await self._stub.ReportOutcome(

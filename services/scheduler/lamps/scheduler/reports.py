@@ -33,13 +33,17 @@ from lamps.scheduler.jobs import (
 from lamps.scheduler.placement import WorkerHandle
 from lamps.scheduler.policy import CallView, Policy
 from lamps.scheduler.queue import Commit
-from lamps.scheduler.validation import RequestError
+from lamps.scheduler.validation import MAX_MODEL_CHARS, RequestError, shorten
 from lamps.v1 import common_pb2 as cpb
 from lamps.v1 import scheduler_pb2 as pb
 
 log = logging.getLogger(__name__)
 
 MAX_WORKER_ID_CHARS = 253
+MAX_ENGINE_CHARS = 64
+# Request ids are 32 hex characters; a reconnecting worker lists those it still holds.
+MAX_HELD_REQUEST_IDS = 100_000
+MAX_REQUEST_ID_CHARS = 128
 RELEASE_REASONS = {
     pb.RELEASE_REASON_DISCARDED: "discarded",
     pb.RELEASE_REASON_PREEMPTED: "preempted",
@@ -48,6 +52,9 @@ RELEASE_REASONS = {
 
 
 _STATUS_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
+WORKER_REASONS = frozenset({cpb.FINISH_REASON_STOP, cpb.FINISH_REASON_LENGTH})
+INSTRUCTIONS = frozenset({"admit", "resume", "pause", "preempt", "abort"})
+MAX_LOGGED_REASON_CHARS = 500
 
 
 class ReportHandler(ABC):
@@ -199,7 +206,7 @@ class ReportHandler(ABC):
             self._reject(
                 worker,
                 request_id,
-                f"worker {worker.worker_id!r} does not hold request {request_id!r}",
+                f"worker {worker.worker_id!r} does not hold request {shorten(request_id)!r}",
             )
             return
         # A plain str: a newer worker may send kinds this version does not know.
@@ -308,7 +315,9 @@ class ReportHandler(ABC):
             job.outcomes[-1].post_call_tokens = job.segment_tokens
         else:
             job.outcomes.append(Outcome("", 0.0, job.segment_tokens))
-        reason = completed.reason or cpb.FINISH_REASON_STOP
+        # A worker ends a generation by a stop or its length; any other reason (or a number no
+        # enum knows) is not its to give.
+        reason = completed.reason if completed.reason in WORKER_REASONS else cpb.FINISH_REASON_STOP
         self._finish(job, cpb.REQUEST_STATE_FINISHED, reason)
 
     def _released(self, job: Job, worker: WorkerHandle, released: pb.Released, now: float) -> None:
@@ -332,16 +341,18 @@ class ReportHandler(ABC):
 
     def _refused(self, job: Job, worker: WorkerHandle, refused: pb.Refused) -> None:
         """The worker could not carry out an instruction about this request."""
-        code = _STATUS_NAMES.get(refused.code, str(refused.code))
-        metrics.REFUSED_INSTRUCTIONS.labels(instruction=refused.instruction, code=code).inc()
+        # Metric labels only from closed sets: a worker must not be able to mint series.
+        code = _STATUS_NAMES.get(refused.code, "UNKNOWN_CODE")
+        instruction = refused.instruction if refused.instruction in INSTRUCTIONS else "other"
+        metrics.REFUSED_INSTRUCTIONS.labels(instruction=instruction, code=code).inc()
         log.warning(
             "worker refused an instruction",
             extra={
                 "worker": worker.worker_id,
                 "request_id": job.request_id,
-                "instruction": refused.instruction,
+                "instruction": shorten(refused.instruction),
                 "code": code,
-                "reason": refused.message,
+                "reason": shorten(refused.message, MAX_LOGGED_REASON_CHARS),
             },
         )
         if refused.code == grpc.StatusCode.NOT_FOUND.value[0]:
@@ -582,3 +593,13 @@ def _check_register(register: pb.Register) -> None:
         raise invalid("max_running must be at least 1")
     if cpb.STRATEGY_UNSPECIFIED in register.strategies:
         raise invalid("strategies must not contain STRATEGY_UNSPECIFIED")
+    if len(register.model) > MAX_MODEL_CHARS or len(register.engine) > MAX_ENGINE_CHARS:
+        raise invalid(
+            f"model and engine have at most {MAX_MODEL_CHARS} and {MAX_ENGINE_CHARS} characters"
+        )
+    held = register.held_request_ids
+    if len(held) > MAX_HELD_REQUEST_IDS or any(len(i) > MAX_REQUEST_ID_CHARS for i in held):
+        raise invalid(
+            f"held_request_ids lists at most {MAX_HELD_REQUEST_IDS} ids of at most "
+            f"{MAX_REQUEST_ID_CHARS} characters"
+        )

@@ -335,8 +335,8 @@ class WorkerGatewayServicer(pb_grpc.WorkerGatewayServiceServicer):
                         )
                     )
                 )
-        except (aio.AioRpcError, asyncio.CancelledError):
-            pass
+        except (aio.AioRpcError, aio.AbortError, asyncio.CancelledError):
+            pass  # the stream ended (an undecodable report has already been answered)
         except Exception:
             # A bug must not pass silently: log it and close the stream; the worker reconnects.
             log.exception("failed to apply a worker's report", extra={"worker": worker.worker_id})

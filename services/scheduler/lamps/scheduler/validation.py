@@ -15,6 +15,21 @@ MAX_IDEMPOTENCY_KEY_CHARS = 256
 MAX_LABELS = 64
 MAX_LABEL_CHARS = 256
 MAX_STOP_SEQUENCES = 16
+MAX_STOP_CHARS = 1024
+# Tool names as the tool runner accepts them (1-128 characters), and how many a request may list.
+MAX_TOOL_NAME_CHARS = 128
+MAX_TOOLS = 64
+MAX_MODEL_CHARS = 256
+# Client strings quoted back in an error are cut to this: a status message travels in a trailer,
+# which the client refuses past a few kilobytes, and an echo of a megabyte helps no one.
+QUOTE_CHARS = 64
+
+
+def shorten(text: str, limit: int = QUOTE_CHARS) -> str:
+    """`text` as an error message or a log quotes it: cut to `limit` characters."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} characters)"
 
 
 class RequestError(Exception):
@@ -52,6 +67,7 @@ def validate_generate(
     _check_prompt(request, limits)
     _check_sampling(request, limits)
     _check_labels(request)
+    _check_model(request)
     replay_tokens = _check_replay(request, limits)
     _check_tools(request, known_tools)
     if limits.needs_replay and not request.HasField("replay"):
@@ -100,6 +116,15 @@ def _check_sampling(request: pb.GenerateRequest, limits: Limits) -> None:
         raise _invalid(f"sampling.top_p={sampling.top_p} must be in (0, 1], or 0 for 1")
     if len(sampling.stop) > MAX_STOP_SEQUENCES or any(not stop for stop in sampling.stop):
         raise _invalid(f"sampling.stop takes at most {MAX_STOP_SEQUENCES} non-empty strings")
+    if any(len(stop) > MAX_STOP_CHARS for stop in sampling.stop):
+        raise _invalid(f"each of sampling.stop may have at most {MAX_STOP_CHARS} characters")
+
+
+def _check_model(request: pb.GenerateRequest) -> None:
+    if len(request.model) > MAX_MODEL_CHARS:
+        raise _invalid(
+            f"model has {len(request.model)} characters; model names have at most {MAX_MODEL_CHARS}"
+        )
 
 
 def _check_labels(request: pb.GenerateRequest) -> None:
@@ -126,6 +151,13 @@ def _check_replay(request: pb.GenerateRequest, limits: Limits) -> int:
     for index, segment in enumerate(segments):
         last = index == len(segments) - 1
         where = f"replay.segments[{index}]"
+        if len(segment.tool) > MAX_TOOL_NAME_CHARS:
+            raise _invalid(f"{where}.tool is longer than {MAX_TOOL_NAME_CHARS} characters")
+        if segment.tool_output_tokens > limits.max_prompt_tokens:
+            raise _invalid(
+                f"{where}.tool_output_tokens={segment.tool_output_tokens} is above this "
+                f"scheduler's context limit of {limits.max_prompt_tokens} tokens"
+            )
         if last and segment.tool:
             raise _invalid(f"{where} is the last segment and must not call a tool")
         if not last and not segment.tool:
@@ -133,17 +165,28 @@ def _check_replay(request: pb.GenerateRequest, limits: Limits) -> int:
         duration = segment.tool_duration_seconds
         if not (math.isfinite(duration) and duration >= 0):
             raise _invalid(f"{where}.tool_duration_seconds={duration} must be 0 or more")
-    return sum(segment.output_tokens for segment in segments)
+    total = sum(segment.output_tokens for segment in segments)
+    if total > limits.max_tokens:
+        raise _invalid(
+            f"the replay generates {total} tokens; this scheduler's limit is {limits.max_tokens}"
+        )
+    return total
 
 
 def _check_tools(request: pb.GenerateRequest, known: Collection[str] | None) -> None:
+    if len(request.tools) > MAX_TOOLS:
+        raise _invalid(f"{len(request.tools)} tools listed; a request may list at most {MAX_TOOLS}")
+    if any(len(name) > MAX_TOOL_NAME_CHARS for name in request.tools):
+        raise _invalid(f"tool names have at most {MAX_TOOL_NAME_CHARS} characters")
     if known is None:
         return  # the tool runner is unreachable: calls will fail with a readable tool error
     named = list(request.tools) + [s.tool for s in request.replay.segments if s.tool]
     unknown = sorted({name for name in named if name not in known})
     if unknown:
         listed = ", ".join(sorted(known)) or "none"
-        raise _invalid(f"unknown tools {', '.join(unknown)}; the tool runner has: {listed}")
+        shown = ", ".join(shorten(name) for name in unknown[:5])
+        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        raise _invalid(f"unknown tools {shown}{more}; the tool runner has: {listed}")
 
 
 def validate_idempotency_key(key: str) -> None:

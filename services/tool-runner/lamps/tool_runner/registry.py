@@ -43,6 +43,8 @@ log = logging.getLogger("lamps.tool_runner")
 DEFAULT_TIMEOUT_SECONDS = 30.0
 DEFAULT_MAX_CONCURRENCY = 16
 # Names travel in prompts and metric labels: keep them short and plain.
+# A caller's request id is cut to this in logs.
+MAX_LOGGED_ID_CHARS = 128
 TOOL_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
 
 
@@ -339,7 +341,12 @@ def _truncate(output: str, limit: int) -> str:
 def _unknown_tool(name: str, known: str) -> ToolFailure:
     if not name:
         return InvalidArguments(f"the call names no tool; available tools: {known}")
-    return UnknownTool(f"no tool is named {name!r}; available tools: {known}")
+    return UnknownTool(f"no tool is named {_short(name)!r}; available tools: {known}")
+
+
+def _short(text: str, limit: int = 64) -> str:
+    """A caller's string as a message quotes it: a megabyte of name helps neither model nor log."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def _unexpected(name: str, exc: Exception | None = None) -> ToolFailure:
@@ -356,5 +363,9 @@ def _record(label: str, outcome: ToolOutcome, request_id: str) -> None:
         log.info(
             "tool call failed: %s",
             outcome.message,
-            extra={"tool": outcome.tool, "code": code, "tool_request_id": request_id or None},
+            extra={
+                "tool": label,
+                "code": code,
+                "tool_request_id": _short(request_id, MAX_LOGGED_ID_CHARS) or None,
+            },
         )

@@ -183,7 +183,7 @@ class HttpTool(Tool):
             status, location, text = await self._fetch(url, address, method, body)
             if location is None:
                 return _result(url, status, text)
-            url = _parse_url(str(url.join(location)))
+            url = _redirect_target(url, location)
             if status == 303 or (status in (301, 302) and method == "POST"):
                 method, body = "GET", None
         raise ToolFailure(f"more than {self.settings.max_redirects} redirects")
@@ -255,6 +255,16 @@ def _parse_url(text: str) -> httpx.URL:
     if url.userinfo:
         raise InvalidArguments("URLs with credentials are not allowed")
     return url
+
+
+def _redirect_target(url: httpx.URL, location: str) -> httpx.URL:
+    """Where a redirect leads. The model's arguments were fine: a location we will not follow
+    (another scheme, credentials, not a URL) is the site's failure, not INVALID_ARGUMENTS."""
+    try:
+        return _parse_url(str(url.join(location)))
+    except (InvalidArguments, httpx.InvalidURL) as exc:
+        reason = exc.message if isinstance(exc, InvalidArguments) else str(exc)
+        raise ToolFailure(f"{url} redirected to a URL the tool does not follow: {reason}") from None
 
 
 def _result(url: httpx.URL, status: int, text: str) -> str:
