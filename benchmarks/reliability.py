@@ -15,8 +15,8 @@ Load: a second `lamps up` (one worker, a small KV cache, an admission limit) get
 the simulator says it sustains, then half of it: what it admits must finish, the rest must be
 shed with RESOURCE_EXHAUSTED and a retry hint, and shedding must stop once the rate drops.
 
-Inputs: the wire-level fuzzing of every RPC and the tool probes of tests/support/fuzz.py, when
-that module is present.
+Inputs: the seeded wire-level fuzzing of every RPC of every service (tests/support/fuzz.py) and
+the calculator and HTTP tool probes (tests/support/tool_probes.py).
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import dataclasses
 import faulthandler
-import importlib
 import json
 import sys
 import tempfile
@@ -50,7 +49,12 @@ from tests.support.faults.load import (  # noqa: E402
     shedding_stopped_after,
     sustainable_rate,
 )
+from tests.support.fuzz import lamps_targets, run_fuzz  # noqa: E402
 from tests.support.lamps_up import LampsUp, lamps_up  # noqa: E402
+from tests.support.processes import lamps_command, loopback_serve_args  # noqa: E402
+from tests.support.redis import running_redis  # noqa: E402
+from tests.support.system import CLIENT_TOKEN, CLUSTER_TOKEN, running_system  # noqa: E402
+from tests.support.tool_probes import probe_site, probe_tools_file, run_tool_probes  # noqa: E402
 
 from lamps.cli.progress import progress_bar  # noqa: E402
 from lamps.model.cost import get_profile  # noqa: E402
@@ -210,25 +214,33 @@ async def _load(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _inputs(args: argparse.Namespace) -> dict[str, Any]:
-    """The fuzzing of every SchedulerService RPC (against a `lamps up` without client auth) and
-    the tool probes (against a tool runner of its own), if tests/support/fuzz.py is here."""
-    try:  # issue 11's hostile-input harness, built beside this one
-        fuzz = importlib.import_module("tests.support.fuzz")
-    except ImportError:
-        _say("inputs: tests/support/fuzz.py is not here; skipped")
-        return {}
-    from lamps.v1 import scheduler_pb2
-
-    service = scheduler_pb2.DESCRIPTOR.services_by_name["SchedulerService"]
-    with _system("--workers", "1", "--time-scale", str(args.time_scale)) as system:
-        _say(f"inputs: fuzzing {len(service.methods)} RPCs, {args.fuzz_count} inputs each")
-        target = fuzz.FuzzTarget(system.target, (service,))
-        rows = fuzz.run_fuzz([target], args.fuzz_count, args.seed)
-        probes = []
-        run_tool_probes = getattr(fuzz, "run_tool_probes", None)
-        if run_tool_probes is not None:
-            tool_runner = system.endpoints()["parts"]["tool-runner"]["address"]
-            probes = run_tool_probes(tool_runner, None)
+    """Seeded fuzzing of every RPC of every service (tests/support/fuzz.py) against a system
+    started as the fuzz tests start theirs, and the calculator and HTTP tool probes
+    (tests/support/tool_probes.py) against a tool runner allowed to reach a hostile site."""
+    with (
+        tempfile.TemporaryDirectory(prefix="lamps-inputs-") as scratch,
+        running_redis(Path(scratch)) as redis,
+        running_system(Path(scratch), redis.url) as system,
+    ):
+        assert system.tool_runner is not None
+        predictor = system.spawn(lamps_command(*loopback_serve_args("predictor")))
+        targets = lamps_targets(
+            system.target,
+            predictor.target,
+            system.tool_runner.target,
+            client_token=CLIENT_TOKEN,
+            cluster_token=CLUSTER_TOKEN,
+        )
+        _say(f"inputs: fuzzing every RPC of 4 services, {args.fuzz_count} inputs each")
+        rows = run_fuzz(targets, args.fuzz_count, args.seed)
+        tools_file = Path(scratch) / "probe-tools.json"
+        tools_file.write_text(json.dumps(probe_tools_file()))
+        with probe_site() as site:
+            runner = system.spawn(
+                lamps_command(*loopback_serve_args("tool-runner"), "--tools-file", str(tools_file))
+            )
+            _say("inputs: calculator and HTTP tool probes")
+            probes = run_tool_probes(runner.target, site_url=site)
     return {
         "count_per_rpc": args.fuzz_count,
         "fuzz": [dataclasses.asdict(row) for row in rows],

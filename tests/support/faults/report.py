@@ -63,10 +63,11 @@ def passed(document: dict[str, Any]) -> bool:
     for phase in document.get("load", {}).get("phases", []):
         if phase["lost"] or phase["duplicated"] or phase["shed_with_retry_hint"] != phase["shed"]:
             return False
-    for row in document.get("inputs", {}).get("fuzz", []):
-        if row.get("server_errors") or row.get("unexpected") or row.get("leaked"):
+    inputs = document.get("inputs", {})
+    for row in inputs.get("fuzz", []):
+        if row["server_errors"] or row["unexpected"] or row["leaked"] or not row["serving"]:
             return False
-    return True
+    return all(probe["ok"] for probe in inputs.get("tool_probes", []))
 
 
 def markdown(document: dict[str, Any]) -> str:
