@@ -3,6 +3,7 @@ heartbeats, tool calls, refusals, reconnects and drains, with a real sim engine.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import logging
@@ -238,6 +239,30 @@ async def test_after_the_scheduler_restarts_it_re_registers_with_what_it_holds(
     assert len(gateway.distinct("in-tool", "started")) == 1
     assert agent.engine.held() == []
     assert REGISTRY.get_sample_value("lamps_worker_reconnects_total") == reconnects + 1
+
+
+async def test_an_end_reached_while_the_scheduler_was_away_longer_than_a_lease_is_still_sent(
+    gateway: LoopbackGateway, make_agent: MakeAgent
+) -> None:
+    # A killed scheduler's successor takes over only after the leader lease, often more than a
+    # worker lease after the kill: the Register claims a request that ended meanwhile, so its
+    # end must follow, or the new leader waits on it forever.
+    gateway.lease_s = 0.3
+    agent = await make_agent(scale=5.0)
+    first = await gateway.connection()
+    await first.send(admit=admit("ends-alone", [(200, "")]))
+    await gateway.wait(lambda: bool(gateway.updates("ends-alone", "tokens")))
+    await gateway.stop()
+    await eventually(lambda: not agent.engine.held())
+    await asyncio.sleep(0.5)  # the time that passing is what this test is about: > a lease
+    await gateway.start()
+    second = await gateway.connection(1)
+    assert list(second.register.held_request_ids) == ["ends-alone"]
+    await gateway.wait(
+        lambda: any(u.HasField("completed") for r in second.reports for u in r.updates)
+    )
+    (completed,) = gateway.distinct("ends-alone", "completed")
+    assert completed.completed.completion_tokens == len(gateway.tokens("ends-alone")) == 200
 
 
 async def test_registered_drop_ids_make_it_let_go(

@@ -47,7 +47,7 @@ def test_ends_are_urgent_and_a_refusal_is_not_journaled() -> None:
     refusal.refused.instruction = "resume"
     assert outbox.queue(refusal)
     outbox.take()
-    outbox.resend(now=1.0, lease_s=30.0)
+    outbox.resend(now=1.0)
     assert [u.request_id for u in outbox.take()] == ["a"]
 
 
@@ -57,7 +57,7 @@ def test_a_reconnect_resends_every_journal_instead_of_the_pending_updates() -> N
     outbox.record(tokens("a", 0, 1, 2), now=0.0)
     outbox.take()  # written to a stream that then broke
     outbox.record(tokens("a", 2, 3), now=0.0)
-    outbox.resend(now=1.0, lease_s=30.0)
+    outbox.resend(now=1.0)
     (update,) = outbox.take()
     assert (update.tokens.start_index, list(update.tokens.token_ids)) == (0, [1, 2, 3])
 
@@ -84,8 +84,24 @@ def test_journals_of_ended_requests_go_after_a_lease_and_forget_drops_one() -> N
     assert not outbox.record(tokens("dropped", 1, 2), now=0.0)
     outbox.prune(now=31.0, lease_s=30.0)
     assert outbox.retained == 1
-    outbox.resend(now=31.0, lease_s=30.0)
+    outbox.resend(now=31.0)
     assert [u.request_id for u in outbox.take()] == ["held"]
+
+
+def test_an_end_older_than_a_lease_is_still_resent_after_a_reconnect() -> None:
+    # The scheduler died as the request ended here; its successor took over more than a lease
+    # later. The worker's Register claimed the request, so the end must follow, or the new
+    # leader keeps it RUNNING on this worker forever.
+    outbox = Outbox()
+    outbox.open("a")
+    outbox.record(completed("a"), now=0.0)
+    outbox.take()  # written to the stream that broke with the scheduler
+    outbox.resend(now=45.0)
+    assert [u.WhichOneof("update") for u in outbox.take()] == ["completed"]
+    outbox.prune(now=70.0, lease_s=30.0)  # a lease from the resend, not from the end
+    assert outbox.retained == 1
+    outbox.prune(now=76.0, lease_s=30.0)
+    assert outbox.retained == 0
 
 
 def test_settled_once_every_request_let_go_has_its_end() -> None:

@@ -315,7 +315,7 @@ class Agent:
             with contextlib.suppress(UnknownRequestError):
                 await self.engine.abort(request_id)
             self._outbox.forget(request_id)
-        self._outbox.resend(asyncio.get_running_loop().time(), self._lease)
+        self._outbox.resend(asyncio.get_running_loop().time())
         self._flush.set()
         first = not self.registered.is_set()
         self.registered.set()

@@ -108,11 +108,18 @@ class Outbox:
             if journal.ended_at is not None and now - journal.ended_at > lease_s:
                 del self._journals[request_id]
 
-    def resend(self, now: float, lease_s: float) -> None:
-        """After a (re)registration: every journal replaces what was waiting to be sent."""
-        self.prune(now, lease_s)
+    def resend(self, now: float) -> None:
+        """After a (re)registration: every journal replaces what was waiting to be sent.
+
+        Nothing is pruned here, and the lease of an ended request's journal starts again: the
+        Register just claimed every journaled request, and a scheduler that was down (or a
+        standby that took over) for longer than a lease has not heard of ends that happened
+        meanwhile. Pruning them now would leave the new leader waiting forever on a request
+        this worker no longer holds."""
         self._pending, self._last = [], {}
         for journal in self._journals.values():
+            if journal.ended_at is not None:
+                journal.ended_at = now
             for update in journal.updates:
                 self.queue(update)
 
