@@ -10,7 +10,6 @@ the call that way. It sits last in the chain, so an unauthenticated caller is re
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -19,6 +18,8 @@ from typing import TYPE_CHECKING, Any, cast
 import grpc
 from google.protobuf.message import DecodeError
 from grpc import aio
+
+from lamps.common.interceptors import wrap_handler
 
 if TYPE_CHECKING:
     Handler = grpc.RpcMethodHandler[Any, Any]
@@ -90,55 +91,15 @@ async def _refuse_stream(context: Context, request: Undecodable) -> None:
 
 def guard(handler: Handler) -> Handler:
     """`handler` with a lenient deserializer and undecodable requests refused."""
-    behavior: Callable[..., Any] = cast(
-        Callable[..., Any],
-        handler.stream_stream
-        or handler.stream_unary
-        or handler.unary_stream
-        or handler.unary_unary,
-    )
 
-    def arguments(request: Any, context: Context) -> Any:
-        return _checked(request, context) if handler.request_streaming else request
-
-    if handler.response_streaming:
-
-        async def streaming(request: Any, context: Context) -> Any:
-            if isinstance(request, Undecodable):
-                await _refuse(context, request)
-            result = behavior(arguments(request, context), context)
-            if inspect.isasyncgen(result):
-                async for response in result:
-                    yield response
-            elif inspect.isawaitable(result):
-                await result
-
-        factory = (
-            grpc.stream_stream_rpc_method_handler
-            if handler.request_streaming
-            else grpc.unary_stream_rpc_method_handler
-        )
-        return factory(
-            streaming,
-            request_deserializer=lenient(handler.request_deserializer),
-            response_serializer=handler.response_serializer,
-        )
-
-    async def unary(request: Any, context: Context) -> Any:
+    async def prepare(request: Any, context: Context) -> Any:
         if isinstance(request, Undecodable):
             await _refuse(context, request)
-        result = behavior(arguments(request, context), context)
-        return await result if inspect.isawaitable(result) else result
+        # A client stream's messages are checked as the handler reads them.
+        return _checked(request, context) if handler.request_streaming else request
 
-    unary_factory = (
-        grpc.stream_unary_rpc_method_handler
-        if handler.request_streaming
-        else grpc.unary_unary_rpc_method_handler
-    )
-    return unary_factory(
-        unary,
-        request_deserializer=lenient(handler.request_deserializer),
-        response_serializer=handler.response_serializer,
+    return wrap_handler(
+        handler, prepare=prepare, request_deserializer=lenient(handler.request_deserializer)
     )
 
 

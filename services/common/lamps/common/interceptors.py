@@ -11,6 +11,7 @@ the observing wrapper only counts, times and logs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import inspect
 import logging
@@ -40,6 +41,8 @@ log = logging.getLogger("lamps.rpc")
 Context = aio.ServicerContext[Any, Any]
 Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[Handler]]
 Around = Callable[[Context], AbstractAsyncContextManager[None]]
+# Turns the decoded request (or a client stream's iterator) into what the behaviour gets.
+Prepare = Callable[[Any, Context], Awaitable[Any]]
 
 # Codes that mean the server, not the caller, went wrong: logged as errors.
 _SERVER_FAULTS = frozenset(
@@ -71,17 +74,36 @@ def _rpc_type(handler: Handler) -> str:
     return "server_stream" if handler.response_streaming else "unary"
 
 
-def wrap_handler(handler: Handler, around: Around) -> Handler:
-    """A handler of the same kind whose behaviour runs inside `around(context)`."""
+def wrap_handler(
+    handler: Handler,
+    around: Around | None = None,
+    *,
+    prepare: Prepare | None = None,
+    request_deserializer: Callable[[bytes], Any] | None = None,
+) -> Handler:
+    """A handler of the same kind whose behaviour runs inside `around(context)`, on the request
+    `prepare(request, context)` returns (the request iterator on a client stream), decoded by
+    `request_deserializer` if one is given instead of the handler's own."""
+    enter: Around = around or _nothing_around
+    behavior: Callable[..., Any] = cast(
+        Callable[..., Any],
+        handler.stream_stream
+        or handler.stream_unary
+        or handler.unary_stream
+        or handler.unary_unary,
+    )
+
+    async def call(request: Any, context: Context) -> Any:
+        if prepare is not None:
+            request = await prepare(request, context)
+        return behavior(request, context)
+
+    deserializer = request_deserializer or handler.request_deserializer
     if handler.response_streaming:
-        behavior: Callable[..., Any] = cast(
-            Callable[..., Any],
-            handler.stream_stream if handler.request_streaming else handler.unary_stream,
-        )
 
         async def streaming(request: Any, context: Context) -> Any:
-            async with around(context):
-                result = behavior(request, context)
+            async with enter(context):
+                result = await call(request, context)
                 if inspect.isasyncgen(result):
                     async for response in result:
                         yield response
@@ -95,30 +117,29 @@ def wrap_handler(handler: Handler, around: Around) -> Handler:
         )
         return factory(
             streaming,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=deserializer,
             response_serializer=handler.response_serializer,
         )
 
-    unary_behavior: Callable[..., Any] = cast(
-        Callable[..., Any],
-        handler.stream_unary if handler.request_streaming else handler.unary_unary,
-    )
-
     async def unary(request: Any, context: Context) -> Any:
-        async with around(context):
-            result = unary_behavior(request, context)
+        async with enter(context):
+            result = await call(request, context)
             return await result if inspect.isawaitable(result) else result
 
-    factory = (
+    unary_factory = (
         grpc.stream_unary_rpc_method_handler
         if handler.request_streaming
         else grpc.unary_unary_rpc_method_handler
     )
-    return factory(
+    return unary_factory(
         unary,
-        request_deserializer=handler.request_deserializer,
+        request_deserializer=deserializer,
         response_serializer=handler.response_serializer,
     )
+
+
+def _nothing_around(context: Context) -> AbstractAsyncContextManager[None]:
+    return contextlib.nullcontext()
 
 
 def metadata_value(details: grpc.HandlerCallDetails, key: str) -> str | None:
