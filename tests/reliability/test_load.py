@@ -41,7 +41,7 @@ async def test_overload_is_shed_with_a_retry_hint_and_shedding_stops_when_the_ra
 ) -> None:
     trace = load_trace("lamps_single_api")
     rate = sustainable_rate(trace, PROFILE, workers=1, policy="lamps")
-    phases = [Phase("2x", 2 * rate, 40.0), Phase("0.5x", 0.5 * rate, 60.0)]
+    phases = [Phase("2x", 2 * rate, 40.0), Phase("0.5x", 0.5 * rate, 90.0)]
     settings = DriveSettings(time_scale=TIME_SCALE, key_prefix=uuid.uuid4().hex[:8])
 
     overload, recovery = await run_phases(system.target, None, trace, phases, settings)
