@@ -20,6 +20,7 @@ from lamps.client import (
     RequestState,
     Tokens,
     ToolCallStarted,
+    Unavailable,
 )
 from tests.support.redis import RedisProcess
 from tests.support.system import CLIENT_TOKEN, LocalSystem, running_system
@@ -93,3 +94,27 @@ def test_a_blocking_watch_resumes_after_the_scheduler_restarts(
         watched += list(events)
         restarter.join()
     assert_whole(watched)
+
+
+async def test_a_keyed_submit_rides_out_a_scheduler_that_is_down(
+    restartable: LocalSystem,
+) -> None:
+    async with AsyncClient(restartable.target, token=CLIENT_TOKEN) as client:
+        restartable.kill_scheduler()
+        try:
+            # Unkeyed, a submission cannot be sent twice safely: the error is the caller's.
+            with pytest.raises(Unavailable):
+                await client.submit("unkeyed", replay=SCRIPT)
+            keyed = asyncio.create_task(
+                client.submit("keyed", idempotency_key="ride-out", replay=SCRIPT)
+            )
+            await asyncio.sleep(0.5)  # let it fail at least once against the closed port
+            assert not keyed.done()
+        finally:
+            await asyncio.to_thread(restartable.start_scheduler)
+        submitted = await keyed
+        assert submitted.created
+        again = await client.submit("keyed", idempotency_key="ride-out", replay=SCRIPT)
+        assert again.request_id == submitted.request_id
+        assert not again.created
+        assert_whole([e async for e in client.watch(submitted.request_id)])

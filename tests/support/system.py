@@ -93,12 +93,16 @@ class LocalSystem:
         self.workers.append(worker)
         return worker
 
-    def restart_scheduler(self) -> None:
-        """SIGKILL the scheduler (nothing handed over) and start it again on the same port."""
+    def kill_scheduler(self) -> None:
+        """SIGKILL the scheduler: nothing handed over, its port closed."""
         assert self.scheduler is not None
         self.scheduler.proc.kill()
         self.scheduler.proc.wait()
         self.processes.remove(self.scheduler)
+
+    def restart_scheduler(self) -> None:
+        """SIGKILL the scheduler and start it again on the same port."""
+        self.kill_scheduler()
         self.start_scheduler()
 
     def stop(self) -> list[str]:

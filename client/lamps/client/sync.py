@@ -10,7 +10,7 @@ from typing import Any, TypeVar, Unpack
 import grpc
 
 from lamps.client.enums import RequestState, state_from_proto
-from lamps.client.errors import from_rpc_error
+from lamps.client.errors import Unavailable, from_rpc_error
 from lamps.client.options import (
     DEFAULT_ADDRESS,
     DEFAULT_RECONNECT,
@@ -113,12 +113,23 @@ class Client:
         **options: Unpack[GenerateOptions],
     ) -> Submitted:
         """Submit a generation and return its id at once; Watch it for its events. The same
-        `idempotency_key` (with the same request) returns the first submission's id."""
+        `idempotency_key` (with the same request) returns the first submission's id, so a
+        keyed submission is retried while the scheduler is unreachable (as `reconnect` says)."""
         request = pb.SubmitRequest(
             request=build_request(prompt, **options), idempotency_key=idempotency_key or ""
         )
-        response = self._unary(self._stub.Submit, request)
-        return Submitted(request_id=response.request_id, created=response.created)
+        attempt = 0
+        while True:
+            try:
+                response = self._unary(self._stub.Submit, request)
+                return Submitted(request_id=response.request_id, created=response.created)
+            except Unavailable:
+                # Only a keyed submission is safe to send again: the scheduler answers a
+                # repeat with the first one's id. This rides out a restart or a failover.
+                if not idempotency_key or attempt + 1 >= self._reconnect.attempts:
+                    raise
+                time.sleep(self._reconnect.delay(attempt))
+                attempt += 1
 
     def watch(self, request_id: str, from_offset: int = 0) -> Iterator[Event]:
         """Yield a request's events from `from_offset` until its Finished event, reconnecting
