@@ -4,6 +4,7 @@ Prometheus-operator) for every supported version, bad values are refused, names 
 from __future__ import annotations
 
 import base64
+import re
 import shutil
 import tomllib
 from pathlib import Path
@@ -14,7 +15,13 @@ import pytest
 import yaml
 from cloudcoil.models.keda.v1alpha1 import ScaledObject
 from cloudcoil.models.prometheus_operator.v1 import ServiceMonitor
+from prometheus_client import REGISTRY
 
+# Imported for their registrations: the series the dashboard reads must be ones we export.
+import lamps.common.metrics
+import lamps.predictor.metrics
+import lamps.scheduler.metrics
+import lamps.tool_runner.metrics  # noqa: F401
 from tests.helm.chart import (
     CHART,
     VARIANTS,
@@ -323,8 +330,24 @@ def test_the_dashboard_is_a_labelled_configmap_over_exported_series() -> None:
         "lamps_tool_calls_total",
         "lamps_predictor_",
         "lamps_build_info",
+        "lamps_scheduler_queued_requests",
+        "lamps_scheduler_requests_shed_total",
+        "lamps_scheduler_worker_kv_used_ratio",
     ):
         assert series in text
+    # Every series the dashboard reads is one a service exports.
+    exported = _exported_series()
+    for name in set(re.findall(r"\b(lamps_[a-z_]+|grpc_server_[a-z_]+)", text)):
+        assert name.removesuffix("_bucket") in exported, name
+
+
+def _exported_series() -> set[str]:
+    """The metric names the services register, labelled series included before any child."""
+    suffixes = {"counter": "_total", "info": "_info"}
+    names = set()
+    for family in REGISTRY.collect():
+        names.add(family.name + suffixes.get(family.type, ""))
+    return names
 
 
 def rendered_notes(tmp_path: Path) -> str:
