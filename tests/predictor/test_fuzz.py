@@ -47,7 +47,7 @@ def predictor_with_model(
     assert service.terminate() == 0, log_path.read_text()
 
 
-@pytest.mark.parametrize("method", PREDICTOR.methods, ids=lambda m: m.name)
+@pytest.mark.parametrize("method", list(PREDICTOR.methods), ids=lambda m: m.name)
 def test_fuzzed_calls_with_a_model_get_a_prediction_or_invalid_argument(
     predictor_with_model: ServiceProcess, method: MethodDescriptor
 ) -> None:
