@@ -13,25 +13,22 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 import grpc
 from google.protobuf.message import DecodeError
 from grpc import aio
 
-from lamps.common.interceptors import wrap_handler
-
-if TYPE_CHECKING:
-    Handler = grpc.RpcMethodHandler[Any, Any]
-    _ServerInterceptor = aio.ServerInterceptor[Any, Any]
-else:
-    Handler = grpc.RpcMethodHandler
-    _ServerInterceptor = aio.ServerInterceptor
+from lamps.common.interceptors import (
+    Context,
+    Continuation,
+    Handler,
+    ServerInterceptor,
+    wrap_handler,
+)
 
 log = logging.getLogger("lamps.rpc")
 
-Context = aio.ServicerContext[Any, Any]
-Continuation = Callable[[grpc.HandlerCallDetails], Any]
 # The parser's reason is cut to this length: it can quote the field it choked on.
 MAX_REASON_CHARS = 200
 
@@ -103,7 +100,7 @@ def guard(handler: Handler) -> Handler:
     )
 
 
-class DecodingInterceptor(_ServerInterceptor):
+class DecodingInterceptor(ServerInterceptor):
     """Applies `guard` to every handler, once per method (see the module docstring)."""
 
     def __init__(self) -> None:

@@ -31,10 +31,10 @@ from lamps.common.tenants import SHARED_TENANT, parse_entries, tenant_var
 
 if TYPE_CHECKING:
     Handler = grpc.RpcMethodHandler[Any, Any]
-    _ServerInterceptor = aio.ServerInterceptor[Any, Any]
+    ServerInterceptor = aio.ServerInterceptor[Any, Any]
 else:
     Handler = grpc.RpcMethodHandler
-    _ServerInterceptor = aio.ServerInterceptor
+    ServerInterceptor = aio.ServerInterceptor
 
 log = logging.getLogger("lamps.rpc")
 
@@ -214,7 +214,7 @@ class _Observed:
         _log_call(self._metrics.method, code, elapsed, self._context)
 
 
-class ObservabilityInterceptor(_ServerInterceptor):
+class ObservabilityInterceptor(ServerInterceptor):
     """Sets the request id (from `x-request-id` or new), echoes it, counts and logs each call.
 
     The id comes back in the trailing metadata under `x-request-id`; a handler that sets its own
@@ -288,7 +288,7 @@ _REFUSAL_MISSING = (
 _REFUSAL_INVALID = "invalid bearer token: it matches none this service accepts"
 
 
-class AuthInterceptor(_ServerInterceptor):
+class AuthInterceptor(ServerInterceptor):
     """Requires `authorization: Bearer <token>` on the services that have tokens.
 
     `tokens_by_service` maps a full service name (`lamps.v1.SchedulerService`) to the token
