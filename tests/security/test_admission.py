@@ -10,6 +10,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 import redis
 
@@ -22,6 +23,8 @@ from lamps.client import (
     Result,
     Unavailable,
 )
+from lamps.v1 import scheduler_pb2 as pb
+from lamps.v1 import scheduler_pb2_grpc as pb_grpc
 from tests.support.processes import REPO_ROOT, lamps_command
 from tests.support.redis import RedisProcess
 from tests.support.system import CLIENT_TOKEN, LocalSystem, running_system, wait_for_workers
@@ -70,6 +73,19 @@ def wait_until_leading(client: Client) -> None:
     raise AssertionError("the restarted scheduler never took the lead")
 
 
+def shed_trailers(target: str, request_id: str) -> dict[str, str]:
+    """The trailing metadata of a Submit the full scheduler refuses, through the raw stub."""
+    metadata = (("authorization", f"Bearer {CLIENT_TOKEN}"), ("x-request-id", request_id))
+    request = pb.SubmitRequest(request=pb.GenerateRequest(prompt="raw"))
+    with grpc.insecure_channel(target) as channel:
+        stub = pb_grpc.SchedulerServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.Submit(request, metadata=metadata)
+    error: grpc.Call = refused.value  # type: ignore[assignment]
+    assert error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    return {key: str(value) for key, value in error.trailing_metadata() or ()}
+
+
 def test_a_full_scheduler_sheds_with_a_retry_hint_and_recovers(system: LocalSystem) -> None:
     with Client(system.target, token=CLIENT_TOKEN, timeout_s=30) as client:
         accepted = [
@@ -87,6 +103,10 @@ def test_a_full_scheduler_sheds_with_a_retry_hint_and_recovers(system: LocalSyst
         with pytest.raises(ResourceExhausted) as generated:
             list(client.generate("one too many", replay=SCRIPT))
         assert generated.value.retry_after_s is not None
+        # On the wire: the hint sits beside the request id every call echoes.
+        trailers = shed_trailers(system.target, request_id="shed-raw")
+        assert trailers["x-request-id"] == "shed-raw"
+        assert int(trailers["retry-after"]) > 0
         # A retry of an accepted submission is answered, full or not.
         again = client.submit("waits 1", idempotency_key="key-1", replay=SCRIPT)
         assert (again.request_id, again.created) == (accepted[1], False)
@@ -104,7 +124,8 @@ def test_a_full_scheduler_sheds_with_a_retry_hint_and_recovers(system: LocalSyst
         assert cli.returncode == 1
         assert "RESOURCE_EXHAUSTED" in cli.stderr
         assert "retry in" in cli.stderr
-        assert shed_total(system) == 3
+        # The SDK submit, its generate, the raw submit and the CLI: four refusals counted.
+        assert shed_total(system) == 4
 
         system.start_worker("w1", "--time-scale", "20")
         wait_for_workers(system, 1)

@@ -16,7 +16,7 @@ import grpc
 from grpc import aio
 
 from lamps.common.channel import ClientTls
-from lamps.common.context import REQUEST_ID_METADATA_KEY, current_request_id
+from lamps.common.context import add_trailing_metadata
 from lamps.common.server import Server, ServerStartError, Service, serve
 from lamps.common.tenants import current_tenant
 from lamps.model.cost import get_profile
@@ -203,13 +203,7 @@ async def _abort(context: Context, error: RequestError | StoreError) -> None:
         )
     else:
         if error.retry_after_s is not None:
-            # Replaces the trailing metadata the observability interceptor set: keep its id.
-            context.set_trailing_metadata(
-                (
-                    (RETRY_AFTER_METADATA_KEY, str(error.retry_after_s)),
-                    (REQUEST_ID_METADATA_KEY, current_request_id() or ""),
-                )
-            )
+            add_trailing_metadata(context, (RETRY_AFTER_METADATA_KEY, str(error.retry_after_s)))
         await context.abort(error.code, error.message)
 
 
