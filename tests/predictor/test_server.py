@@ -166,7 +166,7 @@ async def test_bad_predict_requests_are_invalid_arguments(
         (pb.Outcome(request_id="x", tool="qa", call_duration_seconds=1e308), "not 1e+308"),
         (
             pb.Outcome(request_id="x", tool="t" * 1_000_000, call_duration_seconds=1),
-            "... (1000000 chars)'; known tools",
+            "... (1000000 characters)'; known tools",
         ),
     ],
 )

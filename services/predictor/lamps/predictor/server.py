@@ -22,6 +22,7 @@ from grpc import aio
 from redis.exceptions import RedisError
 
 from lamps.common.server import ServerStartError, Service, serve
+from lamps.common.text import shorten
 from lamps.model.tools import ToolKind
 from lamps.predictor import metrics
 from lamps.predictor.batching import BatchRecord, MicroBatcher
@@ -48,12 +49,6 @@ MAX_TOOLS_PER_INPUT = 64
 MAX_TOOL_NAME_CHARS = 128
 # A day: longer than any tool timeout; a larger "duration" would only skew the statistics.
 MAX_CALL_SECONDS = 86_400.0
-# Client strings quoted back in an error are cut to this, so the status fits its trailer.
-QUOTE_CHARS = 64
-
-
-def _short(text: str) -> str:
-    return text if len(text) <= QUOTE_CHARS else f"{text[:QUOTE_CHARS]}... ({len(text)} chars)"
 
 
 class Predictor:
@@ -290,10 +285,10 @@ class PredictorServicer(pb_grpc.PredictorServiceServicer):
             )
         known = self._predictor.known_tools
         for index, outcome in enumerate(outcomes):
-            where = f"outcomes[{index}] (request {_short(outcome.request_id)!r})"
+            where = f"outcomes[{index}] (request {shorten(outcome.request_id)!r})"
             if outcome.tool and outcome.tool not in known:
                 return (
-                    f"{where}: unknown tool {_short(outcome.tool)!r}; known tools: "
+                    f"{where}: unknown tool {shorten(outcome.tool)!r}; known tools: "
                     f"{', '.join(known)} (leave tool empty for a request that finished without "
                     "a call)"
                 )

@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import grpc
 
+from lamps.common.text import shorten
 from lamps.model.cost import CostModel
 from lamps.model.strategy import Strategy
 from lamps.scheduler import metrics
@@ -33,7 +34,7 @@ from lamps.scheduler.jobs import (
 from lamps.scheduler.placement import WorkerHandle
 from lamps.scheduler.policy import CallView, Policy
 from lamps.scheduler.queue import Commit
-from lamps.scheduler.validation import MAX_MODEL_CHARS, RequestError, shorten
+from lamps.scheduler.validation import MAX_MODEL_CHARS, RequestError
 from lamps.v1 import common_pb2 as cpb
 from lamps.v1 import scheduler_pb2 as pb
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from lamps.common.text import shorten
 from lamps.v1 import scheduler_pb2 as pb
 
 MAX_IDEMPOTENCY_KEY_CHARS = 256
@@ -20,16 +21,6 @@ MAX_STOP_CHARS = 1024
 MAX_TOOL_NAME_CHARS = 128
 MAX_TOOLS = 64
 MAX_MODEL_CHARS = 256
-# Client strings quoted back in an error are cut to this: a status message travels in a trailer,
-# which the client refuses past a few kilobytes, and an echo of a megabyte helps no one.
-QUOTE_CHARS = 64
-
-
-def shorten(text: str, limit: int = QUOTE_CHARS) -> str:
-    """`text` as an error message or a log quotes it: cut to `limit` characters."""
-    if len(text) <= limit:
-        return text
-    return f"{text[:limit]}... ({len(text)} characters)"
 
 
 class RequestError(Exception):

@@ -28,6 +28,7 @@ from jsonschema import exceptions as schema_errors
 from jsonschema import validators
 from jsonschema.protocols import Validator
 
+from lamps.common.text import shorten
 from lamps.tool_runner import metrics
 from lamps.tool_runner.errors import (
     InvalidArguments,
@@ -341,12 +342,7 @@ def _truncate(output: str, limit: int) -> str:
 def _unknown_tool(name: str, known: str) -> ToolFailure:
     if not name:
         return InvalidArguments(f"the call names no tool; available tools: {known}")
-    return UnknownTool(f"no tool is named {_short(name)!r}; available tools: {known}")
-
-
-def _short(text: str, limit: int = 64) -> str:
-    """A caller's string as a message quotes it: a megabyte of name helps neither model nor log."""
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+    return UnknownTool(f"no tool is named {shorten(name)!r}; available tools: {known}")
 
 
 def _unexpected(name: str, exc: Exception | None = None) -> ToolFailure:
@@ -366,6 +362,6 @@ def _record(label: str, outcome: ToolOutcome, request_id: str) -> None:
             extra={
                 "tool": label,
                 "code": code,
-                "tool_request_id": _short(request_id, MAX_LOGGED_ID_CHARS) or None,
+                "tool_request_id": shorten(request_id, MAX_LOGGED_ID_CHARS) or None,
             },
         )
